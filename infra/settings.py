@@ -1,0 +1,89 @@
+"""One settings object for every component: environment variables prefixed `TUMOROPS_`, and an optional `.env`.
+
+With no S3 endpoint set, boto3 uses the standard AWS credential chain and AWS S3; the local stack sets the
+endpoint to its SeaweedFS server.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """TumorOps configuration; every field is `TUMOROPS_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="TUMOROPS_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path(".tumorops"), description="state directory of the local stack")
+
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint; None means AWS S3")
+    s3_bucket: str = "tumorops"
+    s3_region: str = "us-east-1"
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
+
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    model_name: str = "tumor-classifier"
+
+    host: str = "127.0.0.1"
+    s3_port: int = 8333
+    mlflow_port: int = 5000
+    dagster_port: int = 3000
+    bentoml_port: int = 3001
+
+    image_size: int = Field(default=64, description="training and serving image side in pixels (B3 native: 300)")
+    epochs: int = 8
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weights: str = Field(default="none", description="imagenet | none | path to a backbone weights file")
+    retrain_cron: str = "0 3 * * 1"
+    serving_poll_seconds: float = 10.0
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    def s3_client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for `boto3.client("s3", ...)`; credentials only when set explicitly."""
+        kwargs: dict[str, str] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            kwargs["endpoint_url"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            kwargs["aws_access_key_id"] = self.aws_access_key_id
+            kwargs["aws_secret_access_key"] = self.aws_secret_access_key.get_secret_value()
+        return kwargs
+
+    def service_env(self) -> dict[str, str]:
+        """Environment that hands this configuration to a child process (MLflow, Dagster, BentoML, training)."""
+        env = {
+            "TUMOROPS_HOME": str(self.home_dir),
+            "TUMOROPS_S3_BUCKET": self.s3_bucket,
+            "TUMOROPS_S3_REGION": self.s3_region,
+            "TUMOROPS_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+            "TUMOROPS_MODEL_NAME": self.model_name,
+            "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
+        }
+        if self.s3_endpoint_url:
+            env["TUMOROPS_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+            env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url
+        if self.aws_access_key_id and self.aws_secret_access_key:
+            env["TUMOROPS_AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
+            env["TUMOROPS_AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+            env["AWS_ACCESS_KEY_ID"] = self.aws_access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = self.aws_secret_access_key.get_secret_value()
+        return env
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and `.env`), with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def child_environment(settings: Settings) -> dict[str, str]:
+    """The current environment plus the settings, for launching a child process."""
+    return {**os.environ, **settings.service_env()}

@@ -1,0 +1,3 @@
+import dagster as dg
+
+batch_partitions = dg.DynamicPartitionsDefinition(name="batches")

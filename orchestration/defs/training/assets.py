@@ -1,0 +1,112 @@
+"""The training dataset manifest and EfficientNetB3 retraining, launched through Dagster Pipes."""
+
+import io
+import sys
+from collections import Counter
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from orchestration.defs.ingestion.assets import load_validation_results, validated_batch
+from orchestration.resources import MLflowResource, S3Resource
+from tumor_model.dataset import build_manifest, dataset_version
+
+LATEST_MANIFEST_KEY = "datasets/manifests/latest.json"
+
+
+@dg.asset(group_name="training", deps=[validated_batch], kinds={"pandas", "s3"})
+def training_dataset(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.MaterializeResult:
+    """Manifest of every accepted image with its deterministic, leakage-free split.
+
+    Written to `datasets/manifests/<dataset_version>.parquet`; `datasets/manifests/latest.json` is updated last.
+    """
+    store = s3.store()
+    accepted = [row for result in load_validation_results(s3) for row in result["accepted"]]
+    if not accepted:
+        raise dg.Failure("no accepted images yet: ingest a batch first (tumorops ingest PATH)")
+    manifest = build_manifest(pd.DataFrame(accepted))
+    version = dataset_version(manifest)
+    key = f"datasets/manifests/{version}.parquet"
+    if not store.exists(key):
+        buffer = io.BytesIO()
+        manifest.to_parquet(buffer, index=False)
+        store.put_bytes(key, buffer.getvalue())
+    store.put_json(LATEST_MANIFEST_KEY, {"dataset_version": version, "manifest": key, "images": len(manifest)})
+    counts = Counter(zip(manifest["label"], manifest["split"], strict=True))
+    labels = sorted(set(manifest["label"]))
+    context.log.info(f"dataset {version}: {len(manifest)} images")
+    return dg.MaterializeResult(
+        metadata={
+            "dataset_version": version,
+            "manifest": dg.MetadataValue.path(s3.console_url(key)),
+            "images": len(manifest),
+            "batches": int(manifest["source_batch"].nunique()),
+            "images_per_class_and_split": dg.MetadataValue.table(
+                records=[
+                    dg.TableRecord({"label": label, **{s: counts.get((label, s), 0) for s in ("train", "val", "test")}})
+                    for label in labels
+                ],
+                schema=dg.TableSchema(
+                    columns=[dg.TableColumn("label", "string")]
+                    + [dg.TableColumn(s, "int") for s in ("train", "val", "test")]
+                ),
+            ),
+        }
+    )
+
+
+class TrainingRunConfig(dg.Config):
+    """Training hyper-parameters; unset values come from the TUMOROPS_* settings."""
+
+    image_size: int | None = Field(default=None, description="input side in pixels (B3 native: 300)")
+    epochs: int | None = Field(default=None, description="passes over the training split")
+    batch_size: int | None = Field(default=None)
+    learning_rate: float | None = Field(default=None)
+    weights: str | None = Field(default=None, description="imagenet | none | local backbone weights file")
+    seed: int = 0
+
+
+@dg.asset(group_name="training", deps=[training_dataset], kinds={"tensorflow", "mlflow"})
+def candidate_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingRunConfig,
+    s3: S3Resource,
+    mlflow: MLflowResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """EfficientNetB3 trained on the latest dataset manifest by `tumorops train`, launched through Dagster Pipes.
+
+    The training process logs to MLflow, registers a model version with alias `candidate` and reports its test
+    metrics back here.
+    """
+    latest = s3.store().get_json(LATEST_MANIFEST_KEY)
+    command = [sys.executable, "-m", "infra.cli", "train", "--manifest", latest["manifest"], "--seed", str(config.seed)]
+    for flag, value in (
+        ("--image-size", config.image_size),
+        ("--epochs", config.epochs),
+        ("--batch-size", config.batch_size),
+        ("--learning-rate", config.learning_rate),
+        ("--weights", config.weights),
+    ):
+        if value is not None:
+            command += [flag, str(value)]
+    env = {
+        **s3.env(),
+        "TUMOROPS_MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+        "MLFLOW_TRACKING_URI": mlflow.tracking_uri,
+        "TUMOROPS_MODEL_NAME": mlflow.model_name,
+    }
+    result = pipes_subprocess_client.run(command=command, context=context, env=env).get_materialize_result()
+    metadata = dict(result.metadata or {})
+    version = metadata.get("model_version")
+    if version is not None:
+        metadata["mlflow_model_version"] = dg.MetadataValue.url(mlflow.model_version_url(str(version.value)))
+    return dg.MaterializeResult(metadata=metadata)
+
+
+retrain_job = dg.define_asset_job(
+    "retrain_job",
+    selection=dg.AssetSelection.assets(training_dataset).downstream(),
+    description="Build the dataset manifest, retrain, evaluate gates, and promote when they pass.",
+)

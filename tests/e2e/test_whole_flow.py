@@ -1,0 +1,102 @@
+"""The whole platform once: batch in S3 -> Dagster ingest + retrain (Pipes, MLflow) -> release -> BentoML over HTTP."""
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import mlflow
+import pytest
+
+from infra.ingest import ingest_folder
+from infra.release import audit_key, read_pointer
+from infra.settings import Settings
+from infra.stack import free_port, start_bentoml
+from infra.storage import ObjectStore
+from orchestration.definitions import build_definitions
+from orchestration.resources import MLflowResource, S3Resource
+from tests.images import jpeg_bytes, write
+from tumor_model.labels import CLASS_NAMES
+from tumor_model.synthetic import write_synthetic_dataset
+
+pytestmark = pytest.mark.e2e
+
+
+def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = stack_env.model_copy(update={"model_name": "e2e-classifier", "home": tmp_path / "home"})
+    monkeypatch.setenv("TUMOROPS_HOME", str(settings.home_dir))
+    monkeypatch.setenv("TUMOROPS_MODEL_NAME", settings.model_name)
+    store = ObjectStore.from_settings(settings)
+
+    sample = tmp_path / "sample"
+    write_synthetic_dataset(sample, images_per_class=12, size=64)
+    write(sample / "glioma" / "broken.jpg", b"not a jpeg")
+    batch, count = ingest_folder(store, sample, batch="e2e-batch-1")
+    assert count == 49
+
+    resources = {
+        "s3": S3Resource(
+            bucket=settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            access_key_id=settings.aws_access_key_id,
+            secret_access_key=settings.aws_secret_access_key.get_secret_value(),
+        ),
+        "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    defs = build_definitions(resources)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", [batch])
+        ingest = defs.resolve_job_def("ingest_job").execute_in_process(partition_key=batch, instance=instance)
+        assert ingest.success
+        validated = ingest.asset_materializations_for_node("validated_batch")[0].metadata
+        assert validated["accepted"].value == 48 and validated["rejected"].value == 1
+        assert store.get_json(f"quarantine/{batch}/reasons.json")[0]["file"] == "glioma/broken.jpg"
+        assert store.get_bytes(f"incoming/{batch}/glioma/broken.jpg") == b"not a jpeg", "originals stay"
+
+        retrain = defs.resolve_job_def("retrain_job").execute_in_process(
+            instance=instance,
+            run_config={
+                "ops": {
+                    "candidate_model": {"config": {"image_size": 32, "epochs": 1, "batch_size": 8}},
+                    "promotion_gate": {"config": {"min_test_accuracy": 0.0}},
+                }
+            },
+        )
+        assert retrain.success
+        trained = retrain.asset_materializations_for_node("candidate_model")[0].metadata
+        assert 0.0 <= trained["test_accuracy"].value <= 1.0
+
+    pointer = read_pointer(store, settings.model_name)
+    assert pointer is not None and pointer["version"] == str(trained["model_version"].value)
+    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias(settings.model_name, "champion")
+    assert champion.version == pointer["version"]
+    assert champion.tags["approval.status"] == "approved"
+    assert '"promote"' in store.get_bytes(audit_key(settings.model_name)).decode()
+
+    env = {**os.environ, "TUMOROPS_SERVING_POLL_SECONDS": "1"}
+    service = start_bentoml(log_path=tmp_path / "bentoml.log", host="127.0.0.1", port=free_port(), env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while httpx.get(f"{service.url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, (tmp_path / "bentoml.log").read_text()[-3000:]
+            time.sleep(1)
+        response = httpx.post(
+            f"{service.url}/classify",
+            files={"image": ("p.jpg", jpeg_bytes("pituitary", 999, size=64), "image/jpeg")},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["label"] in CLASS_NAMES and body["model_version"] == pointer["version"]
+        assert set(body["probabilities"]) == set(CLASS_NAMES)
+        assert abs(sum(body["probabilities"].values()) - 1.0) < 1e-4
+
+        bad = httpx.post(f"{service.url}/classify", files={"image": ("x.jpg", b"garbage", "image/jpeg")}, timeout=60)
+        assert bad.status_code == 400 and "not a readable" in bad.text
+        assert httpx.get(f"{service.url}/readyz").status_code == 200, "a bad upload must not hurt the service"
+    finally:
+        service.stop()
+    assert service.process.poll() is not None

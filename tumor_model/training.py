@@ -1,0 +1,142 @@
+"""Training an EfficientNetB3 classifier on a dataset manifest."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tumor_model.labels import CLASS_NAMES, class_index
+from tumor_model.preprocessing import preprocess_bytes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of one training run.
+
+    Args:
+        image_size: side of the square input (300 is B3's native size; small sizes train fast on CPU).
+        epochs: passes over the training split.
+        batch_size: images per step.
+        learning_rate: Adam learning rate.
+        weights: `imagenet`, `none`, or a local backbone weights file.
+        batchnorm_momentum: momentum of the backbone's BatchNorm layers; 0.9 lets their moving statistics
+            catch up within a short from-scratch run (Keras' 0.99 leaves them near their initial values).
+        seed: seed for weights initialisation and shuffling.
+    """
+
+    image_size: int = 64
+    epochs: int = 8
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    weights: str = "none"
+    batchnorm_momentum: float = 0.9
+    seed: int = 0
+
+    def to_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SplitArrays:
+    images: np.ndarray  # uint8 (n, size, size, 3)
+    labels: np.ndarray  # int (n,)
+    sha256: list[str]
+
+
+def load_split_arrays(
+    manifest: pd.DataFrame, *, image_path: Callable[[pd.Series], Path], image_size: int, workers: int = 4
+) -> dict[str, SplitArrays]:
+    """Decode every manifest row through the shared preprocessing, grouped by split.
+
+    Args:
+        manifest: rows with columns `sha256`, `label`, `split`.
+        image_path: where the local copy of a row's image is.
+        image_size: side of the model's input.
+        workers: decoding threads.
+    """
+
+    def decode(row: pd.Series) -> np.ndarray:
+        pixels = preprocess_bytes(image_path(row).read_bytes(), image_size=image_size)
+        return pixels.astype(np.uint8)
+
+    arrays: dict[str, SplitArrays] = {}
+    for split in ("train", "val", "test"):
+        rows = manifest[manifest["split"] == split].sort_values("sha256")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            images = list(pool.map(decode, (row for _, row in rows.iterrows())))
+        arrays[split] = SplitArrays(
+            images=np.stack(images) if images else np.zeros((0, image_size, image_size, 3), np.uint8),
+            labels=np.array([class_index(label) for label in rows["label"]], dtype=int),
+            sha256=list(rows["sha256"]),
+        )
+    return arrays
+
+
+def _set_batchnorm_momentum(model: Any, momentum: float) -> None:
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+
+
+def train_classifier(
+    *,
+    train: SplitArrays,
+    val: SplitArrays,
+    config: TrainingConfig,
+    callbacks: list[Any] | None = None,
+) -> tuple[Any, dict[str, list[float]]]:
+    """Build and fit the classifier; return the model and its per-epoch history.
+
+    Args:
+        train: training split.
+        val: validation split (may be empty: then no validation metrics are reported).
+        config: hyper-parameters.
+        callbacks: extra Keras callbacks (progress reporting, metric logging).
+    """
+    import keras
+
+    from tumor_model.model import build_classifier
+
+    if len(train.labels) == 0:
+        raise ValueError("the training split is empty: ingest more images")
+    keras.utils.set_random_seed(config.seed)
+    model = build_classifier(num_classes=len(CLASS_NAMES), image_size=config.image_size, weights=config.weights)
+    _set_batchnorm_momentum(model, config.batchnorm_momentum)
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    counts = np.bincount(train.labels, minlength=len(CLASS_NAMES))
+    class_weight = {i: float(len(train.labels) / (len(CLASS_NAMES) * c)) for i, c in enumerate(counts) if c}
+    validation = (val.images.astype(np.float32), val.labels) if len(val.labels) else None
+    history = model.fit(
+        train.images.astype(np.float32),
+        train.labels,
+        validation_data=validation,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        class_weight=class_weight,
+        shuffle=True,
+        callbacks=callbacks or [],
+        verbose=0,
+    )
+    return model, {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def predict_probabilities(model: Any, images: np.ndarray, *, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities for uint8 or float images, in input order."""
+    if len(images) == 0:
+        return np.zeros((0, len(CLASS_NAMES)), np.float32)
+    return np.asarray(model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0))
