@@ -185,8 +185,9 @@ def _train(
             "test_accuracy": metrics["accuracy"],
             "test_macro_f1": metrics["macro_f1"],
             "fit_seconds": round(fit_seconds, 1),
-            "images": sizes,
-            "config": config.to_params(),
+            # Pipes takes nested values only with an explicit metadata type.
+            "images_per_split": {"raw_value": sizes, "type": "json"},
+            "config": {"raw_value": config.to_params(), "type": "json"},
         }
     )
     return 0
