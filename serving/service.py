@@ -9,19 +9,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument, ServiceUnavailable
+from bentoml.exceptions import BentoMLException, InvalidArgument, ServiceUnavailable
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
 from infra.settings import load_settings
 from infra.storage import ObjectStore
 from serving.loader import LoadedModel, load_release, newer_pointer
-from tumor_model.preprocessing import ImageDecodeError, preprocess_bytes
+from tumor_model.preprocessing import ImageDecodeError, ImageTooLargeError, preprocess_bytes
 
 logger = logging.getLogger("tumorops.serving")
 
@@ -95,6 +96,8 @@ class TumorClassifier:
             raise InvalidArgument("the uploaded file is empty")
         try:
             pixels = preprocess_bytes(data, image_size=model.image_size)
+        except ImageTooLargeError as error:
+            raise BentoMLException(str(error), error_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE) from error
         except ImageDecodeError as error:
             raise InvalidArgument(f"the upload is not a readable JPEG or PNG image: {error}") from error
         probabilities = model.predict(pixels[np.newaxis])[0]

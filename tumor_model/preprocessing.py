@@ -19,6 +19,14 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image that can be decoded."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image declares more pixels than may be decoded (a decompression bomb)."""
+
+
+# Far above any MRI slice, far below a decompression bomb.
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Return an 8-bit RGB copy of any PIL image (grayscale, 16-bit, palette, RGBA, CMYK).
 
@@ -38,14 +46,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes fully (a truncated file fails here, not later), raising `ImageDecodeError`."""
+def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes fully (a truncated file fails here, not later).
+
+    Raises `ImageTooLargeError` when the header declares more than `max_pixels` pixels (checked before any pixel
+    is decoded) and `ImageDecodeError` for anything else that is not a decodable image.
+    """
     try:
         image = Image.open(io.BytesIO(data))
-        image.load()
-    except Image.DecompressionBombError:
-        raise
     except Exception as error:  # PIL raises many unrelated types for bad bytes
+        raise ImageDecodeError(f"cannot decode image: {error}") from error
+    if image.width * image.height > max_pixels:
+        raise ImageTooLargeError(
+            f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels} pixels"
+        )
+    try:
+        image.load()
+    except Exception as error:
         raise ImageDecodeError(f"cannot decode image: {error}") from error
     return image
 

@@ -16,11 +16,9 @@ import numpy as np
 from PIL import Image
 
 from tumor_model.labels import canonical_label
-from tumor_model.preprocessing import to_rgb
+from tumor_model.preprocessing import MAX_IMAGE_PIXELS, to_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-# Far above any MRI slice, far below a decompression bomb: PIL refuses to decode past this many pixels.
-MAX_IMAGE_PIXELS = 40_000_000
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,19 @@ class _Reporter:
     def close(self) -> None:
         if self.pipes is not None:
             self.pipes.close()
+
+
+def _git_commit() -> str:
+    """The code's git commit (TUMOROPS_GIT_COMMIT in images built without .git)."""
+    if os.environ.get("TUMOROPS_GIT_COMMIT"):
+        return os.environ["TUMOROPS_GIT_COMMIT"]
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +138,7 @@ def _train(
     with mlflow.start_run(run_name=f"train-{version}") as active_run:
         run_id = active_run.info.run_id
         mlflow.log_params({**config.to_params(), "dataset_version": version, **{f"n_{k}": v for k, v in sizes.items()}})
-        mlflow.set_tags({"dataset_version": version, "git_commit": os.environ.get("TUMOROPS_GIT_COMMIT", "unknown")})
+        mlflow.set_tags({"dataset_version": version, "git_commit": _git_commit()})
         dataset = mlflow.data.from_pandas(manifest, source=store.uri(args.manifest), name=version)
         mlflow.log_input(dataset, context="training")
 

@@ -1,5 +1,6 @@
 """The whole platform once: batch in S3 -> Dagster ingest + retrain (Pipes, MLflow) -> release -> BentoML over HTTP."""
 
+import io
 import os
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ import dagster as dg
 import httpx
 import mlflow
 import pytest
+from PIL import Image
 
 from infra.ingest import ingest_folder
 from infra.release import audit_key, read_pointer
@@ -96,6 +98,10 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
 
         bad = httpx.post(f"{service.url}/classify", files={"image": ("x.jpg", b"garbage", "image/jpeg")}, timeout=60)
         assert bad.status_code == 400 and "not a readable" in bad.text
+        bomb = io.BytesIO()
+        Image.new("L", (8000, 8000)).save(bomb, "PNG")  # 64 Mpx declared, a few kB on the wire
+        too_big = httpx.post(f"{service.url}/classify", files={"image": ("b.png", bomb.getvalue(), "image/png")})
+        assert too_big.status_code == 413
         assert httpx.get(f"{service.url}/readyz").status_code == 200, "a bad upload must not hurt the service"
     finally:
         service.stop()

@@ -5,7 +5,13 @@ import pytest
 from PIL import Image
 
 from tests.images import jpeg_bytes, png_bytes
-from tumor_model.preprocessing import ImageDecodeError, decode_image, preprocess_bytes, preprocess_image
+from tumor_model.preprocessing import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    preprocess_bytes,
+    preprocess_image,
+)
 from tumor_model.synthetic import synthetic_slice, write_synthetic_dataset
 
 
@@ -72,3 +78,10 @@ def test_exif_orientation_is_applied() -> None:
 def test_bad_bytes_raise_a_decode_error(data: bytes) -> None:
     with pytest.raises(ImageDecodeError):
         decode_image(data)
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, "PNG")
+    with pytest.raises(ImageTooLargeError, match="8000x8000"):
+        decode_image(buffer.getvalue())
