@@ -42,7 +42,7 @@ validate-defs: install
 	DAGSTER_HOME= $(VENV)/bin/dagster definitions validate -m orchestration.definitions
 
 bench: install
-	$(VENV)/bin/pytest tests/benchmarks -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/benchmarks -s -p no:cacheprovider -o python_files="bench_*.py" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .tools $(VENV) .pytest_cache .ruff_cache

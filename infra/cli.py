@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -84,35 +86,51 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from tumor_model.duplicates import duplicate_groups
     from tumor_model.profiling import profile_folder
-    from tumor_model.validation import validate_profiles
+    from tumor_model.validation import ValidationRules, validate_profiles
 
     root = Path(args.path)
     if not root.is_dir():
         print(f"error: {root} is not a folder", file=sys.stderr)
         return 2
     started = time.monotonic()
+    # Great Expectations takes seconds to import: do it while the worker processes profile the images.
+    threading.Thread(target=importlib.import_module, args=("great_expectations",), daemon=True).start()
     table = pd.DataFrame([p.to_dict() for p in profile_folder(root, progress=_progress("profiling"))])
-    outcome = validate_profiles(table)
-    duplicates = (
-        table[table["sha256"].duplicated(keep=False)].groupby("sha256")["path"].apply(sorted).tolist()
-        if not table.empty
-        else []
-    )
+    if table.empty:
+        print(f"error: {root} has no files under label folders (<label>/<image>)", file=sys.stderr)
+        return 2
+    profiled = time.monotonic()
+    rules = ValidationRules(near_duplicate_distance=args.near_duplicate_distance)
+    docs_dir = Path(args.data_docs) if args.data_docs else None
+    outcome = validate_profiles(table, rules=rules, docs_dir=docs_dir)
+    groups = duplicate_groups(table, max_distance=rules.near_duplicate_distance)
+    accepted = table[table["path"].isin(outcome.accepted)]
     report = {
         "folder": str(root.resolve()),
         "images": len(table),
         "accepted": outcome.accepted,
         "rejected": [{"file": f, "reasons": r} for f, r in sorted(outcome.rejected.items())],
-        "duplicate_groups": duplicates,
-        "class_counts": table[table["path"].isin(outcome.accepted)]["label"].value_counts().sort_index().to_dict(),
+        "duplicate_groups": groups["exact"],
+        "near_duplicate_groups": groups["near"],
+        "class_counts": {k: int(v) for k, v in accepted["label"].value_counts().sort_index().items()},
         "expectations": outcome.expectation_results,
-        "seconds": round(time.monotonic() - started, 2),
+        "rules": vars(rules),
+        "seconds": {"profiling": round(profiled - started, 2), "total": round(time.monotonic() - started, 2)},
     }
     Path(args.report).write_text(json.dumps(report, indent=2, default=str))
+    reasons: dict[str, int] = {}
+    for item in report["rejected"]:
+        for reason in item["reasons"]:
+            reasons[reason["reason"]] = reasons.get(reason["reason"], 0) + 1
     print(
-        f"{len(table)} images: {len(outcome.accepted)} accepted, {len(outcome.rejected)} rejected, "
-        f"{len(duplicates)} groups of exact duplicates; report: {args.report}"
+        f"{len(table)} files: {len(outcome.accepted)} accepted, {len(outcome.rejected)} rejected {reasons or ''}\n"
+        f"{len(groups['exact'])} groups of exact duplicates "
+        f"({sum(len(g) for g in groups['exact'])} files), {len(groups['near'])} groups of near-duplicates "
+        f"({sum(len(g) for g in groups['near'])} files)\n"
+        f"class counts (accepted): {report['class_counts']}\nreport: {args.report}"
+        + (f"; Data Docs: {docs_dir / 'index.html'}" if docs_dir else "")
     )
     return 0
 
@@ -133,10 +151,15 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     pointer = read_pointer(ObjectStore.from_settings(settings), settings.model_name)
     versions = client.search_model_versions(f"name='{settings.model_name}'")
+    # search_model_versions leaves aliases empty; the registered model has the alias -> version map.
+    aliases_by_version: dict[str, list[str]] = {}
+    if versions:
+        for alias, version in client.get_registered_model(settings.model_name).aliases.items():
+            aliases_by_version.setdefault(str(version), []).append(alias)
     print(f"model {settings.model_name}; serving: {pointer['version'] if pointer else 'nothing yet'}")
     print(f"{'version':>7}  {'aliases':20s}  {'test_acc':>8}  {'gates':6s}  {'approval':10s}  dataset")
     for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        aliases = ",".join(mv.aliases) or "-"
+        aliases = ",".join(sorted(aliases_by_version.get(str(mv.version), []))) or "-"
         print(
             f"{mv.version:>7}  {aliases:20s}  {mv.tags.get('test_accuracy', '-'):>8}  "
             f"{mv.tags.get('gate.passed', '-'):6s}  {mv.tags.get('approval.status', '-'):10s}  "
@@ -192,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="run the validation rules offline on a local folder")
     validate.add_argument("path")
     validate.add_argument("--report", required=True, help="JSON report to write")
+    validate.add_argument("--data-docs", default=None, help="folder to write Great Expectations Data Docs into")
+    validate.add_argument(
+        "--near-duplicate-distance", type=int, default=4, help="perceptual-hash bits for near-duplicates (default 4)"
+    )
     validate.set_defaults(func=cmd_validate)
 
     train = sub.add_parser("train", help="standalone training (what Dagster launches through Pipes)")

@@ -119,3 +119,24 @@ class ObjectStore:
             existing = b""
         line = json.dumps(record, sort_keys=True, default=str).encode() + b"\n"
         self.put_bytes(key, existing + line, content_type="application/x-ndjson")
+
+    def copy(self, source_key: str, target_key: str) -> None:
+        """Server-side copy within the bucket (the source is left as it is)."""
+        self.client.copy_object(
+            Bucket=self.bucket, Key=target_key, CopySource={"Bucket": self.bucket, "Key": source_key}
+        )
+
+    def presigned_url(self, key: str, *, expires_seconds: int = 7 * 24 * 3600) -> str:
+        """A time-limited HTTP link to one object, for people clicking from the Dagster UI."""
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_seconds
+        )
+
+    def etag(self, key: str) -> str | None:
+        """The object's ETag (changes when it is rewritten), or None when it does not exist."""
+        try:
+            return str(self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]).strip('"')
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise

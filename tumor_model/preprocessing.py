@@ -46,16 +46,59 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry `DICM` after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def dicom_image(data: bytes) -> Image.Image:
+    """The pixel data of a DICOM file as an 8-bit grayscale image (the middle frame of a multi-frame file).
+
+    Only pixel data is read: patient and study tags are never returned, stored or logged. Values are rescaled by
+    their own range, like 16-bit PNGs, and MONOCHROME1 (inverted) images are flipped to MONOCHROME2.
+    """
+    import pydicom
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+        pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+    except Exception as error:  # pydicom raises many types for malformed files and missing codecs
+        raise ImageDecodeError(f"cannot decode DICOM pixel data: {type(error).__name__}") from error
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        pixels = pixels[pixels.shape[0] // 2]
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].mean(axis=-1)
+    if getattr(dataset, "PhotometricInterpretation", "") == "MONOCHROME1":
+        pixels = pixels.max() - pixels
+    low, high = float(pixels.min()), float(pixels.max())
+    scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
+    image = Image.fromarray(scaled.astype(np.uint8))
+    image.format = "DICOM"
+    image.info["bits_stored"] = int(getattr(dataset, "BitsStored", 16))
+    return image
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open image bytes (JPEG, PNG, DICOM, or anything else PIL reads) without decoding PIL pixel data yet."""
+    if not data:
+        raise ImageDecodeError("the file is empty")
+    if is_dicom(data):
+        return dicom_image(data)
+    try:
+        return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(str(error)) from error
+    except Exception as error:  # PIL raises many unrelated types for bad bytes
+        raise ImageDecodeError(f"not an image: {error}") from error
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes fully (a truncated file fails here, not later).
 
     Raises `ImageTooLargeError` when the header declares more than `max_pixels` pixels (checked before any pixel
     is decoded) and `ImageDecodeError` for anything else that is not a decodable image.
     """
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Exception as error:  # PIL raises many unrelated types for bad bytes
-        raise ImageDecodeError(f"cannot decode image: {error}") from error
+    image = open_image(data)
     if image.width * image.height > max_pixels:
         raise ImageTooLargeError(
             f"image of {image.width}x{image.height} pixels is over the limit of {max_pixels} pixels"

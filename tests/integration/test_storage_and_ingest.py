@@ -1,5 +1,6 @@
 """Object storage, batch upload and the batch sensor against the real SeaweedFS S3 server."""
 
+import json
 import uuid
 from pathlib import Path
 
@@ -89,9 +90,25 @@ def test_sensor_starts_complete_batches_once_and_ignores_half_uploaded_ones(
         secret_access_key=s3_settings.aws_secret_access_key.get_secret_value(),
     )
     with dg.instance_for_test() as instance:
-        result = incoming_batch_sensor(dg.build_sensor_context(instance=instance, resources={"s3": resource}))
-        requested = {r.partition_key for r in result.run_requests}
+
+        def evaluate(cursor: str | None) -> dg.SensorResult:
+            context = dg.build_sensor_context(instance=instance, resources={"s3": resource}, cursor=cursor)
+            return incoming_batch_sensor(context)
+
+        first = evaluate(None)
+        requested = {r.partition_key for r in first.run_requests}
         assert complete in requested and half not in requested
+        assert first.dynamic_partitions_requests[0].partition_keys == sorted(requested)
         instance.add_dynamic_partitions("batches", sorted(requested))
-        again = incoming_batch_sensor(dg.build_sensor_context(instance=instance, resources={"s3": resource}))
-        assert isinstance(again, dg.SkipReason) or complete not in {r.partition_key for r in again.run_requests}
+
+        again = evaluate(first.cursor)
+        assert again.run_requests == [], "a processed batch is never started twice"
+
+        store.put_bytes(f"incoming/{complete}/_READY", b"re-sent\n")  # the producer re-sends the same batch id
+        resent = evaluate(again.cursor)
+        assert resent.run_requests == []
+        assert json.loads(resent.cursor)[complete] != json.loads(again.cursor)[complete]
+
+        store.put_bytes(f"incoming/{half}/_READY", b"1\n")  # the upload finishes
+        finished = evaluate(resent.cursor)
+        assert [r.partition_key for r in finished.run_requests] == [half]

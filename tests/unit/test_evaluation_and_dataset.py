@@ -4,6 +4,7 @@ import pytest
 
 from tumor_model.dataset import build_manifest, dataset_version
 from tumor_model.evaluation import classification_metrics
+from tumor_model.splits import assign_split
 
 CLASSES = ("a", "b", "c")
 
@@ -29,22 +30,34 @@ def test_metrics_refuse_mismatched_or_empty_inputs() -> None:
         classification_metrics(y_true=np.array([], int), probabilities=np.zeros((0, 3)), class_names=CLASSES)
 
 
-def _accepted(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
+def _accepted(rows: list[tuple[str, str, str]], phash: dict[str, str] | None = None) -> pd.DataFrame:
+    phash = phash or {}
     return pd.DataFrame(
         [
-            {"sha256": s, "ext": "jpg", "label": label, "source_batch": b, "width": 64, "height": 64}
+            {
+                "sha256": s,
+                "ext": "jpg",
+                "label": label,
+                "source_batch": b,
+                "width": 64,
+                "height": 64,
+                # Distinct images get far-apart hashes unless a test says otherwise.
+                "phash": phash.get(s, f"{int(s, 16) * 0x9E3779B97F4A7C15 % 2**64:016x}"),
+            }
             for s, label, b in rows
         ]
     )
 
 
 def test_manifest_collapses_exact_duplicates_and_keeps_splits_stable() -> None:
-    first = build_manifest(_accepted([(f"{i:064x}", "glioma", "b1") for i in range(50)]))
-    assert len(first) == 50
-    again = build_manifest(
+    first, excluded = build_manifest(_accepted([(f"{i:064x}", "glioma", "b1") for i in range(1, 51)]))
+    assert len(first) == 50 and excluded.empty
+    again, _ = build_manifest(
         _accepted(
-            [(f"{i:064x}", "glioma", "b1") for i in range(50)] + [(f"{i:064x}", "glioma", "b2") for i in range(80)]
-        )
+            [(f"{i:064x}", "glioma", "b1") for i in range(1, 51)]
+            + [(f"{i:064x}", "glioma", "b2") for i in range(1, 81)]
+        ),
+        previous=first,
     )
     assert len(again) == 80
     merged = again.set_index("sha256").loc[first["sha256"]]
@@ -52,9 +65,39 @@ def test_manifest_collapses_exact_duplicates_and_keeps_splits_stable() -> None:
     assert set(merged["source_batch"]) == {"b1"}
 
 
+def test_near_duplicates_share_one_group_and_split() -> None:
+    a, b = "a" * 64, "b" * 64
+    manifest, _ = build_manifest(
+        _accepted([(a, "glioma", "b1"), (b, "glioma", "b1")], phash={a: "f0f0f0f0f0f0f0f0", b: "f0f0f0f0f0f0f0f1"})
+    )
+    assert manifest["group"].nunique() == 1 and manifest["split"].nunique() == 1
+
+
+def _keys_in_different_splits() -> tuple[str, str]:
+    keys = [f"{i:064x}" for i in range(1, 200)]
+    first = keys[0]
+    return first, next(k for k in keys if assign_split(k) != assign_split(first))
+
+
+def test_a_new_image_bridging_two_splits_is_left_out() -> None:
+    a, b = _keys_in_different_splits()
+    c = "c" * 64
+    hashes = {a: "0000000000000000", b: "00000000000000ff", c: "000000000000000f"}  # c is 4 bits from each
+    first, _ = build_manifest(_accepted([(a, "glioma", "b1"), (b, "glioma", "b1")], hashes))
+    assert first["split"].nunique() == 2
+    second, excluded = build_manifest(
+        _accepted([(a, "glioma", "b1"), (b, "glioma", "b1"), (c, "glioma", "b2")], hashes), previous=first
+    )
+    assert list(excluded["sha256"]) == [c]
+    assert (
+        second.set_index("sha256").loc[[a, b], "split"].tolist()
+        == first.set_index("sha256").loc[[a, b], "split"].tolist()
+    )
+
+
 def test_dataset_version_changes_with_labels() -> None:
-    rows = [(f"{i:064x}", "glioma", "b1") for i in range(10)]
-    base = dataset_version(build_manifest(_accepted(rows)))
-    assert base == dataset_version(build_manifest(_accepted(list(reversed(rows)))))
+    rows = [(f"{i:064x}", "glioma", "b1") for i in range(1, 11)]
+    base = dataset_version(build_manifest(_accepted(rows))[0])
+    assert base == dataset_version(build_manifest(_accepted(list(reversed(rows))))[0])
     relabelled = [(rows[0][0], "meningioma", "b1"), *rows[1:]]
-    assert dataset_version(build_manifest(_accepted(relabelled))) != base
+    assert dataset_version(build_manifest(_accepted(relabelled))[0]) != base

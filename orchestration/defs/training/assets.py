@@ -15,17 +15,45 @@ from tumor_model.dataset import build_manifest, dataset_version
 LATEST_MANIFEST_KEY = "datasets/manifests/latest.json"
 
 
-@dg.asset(group_name="training", deps=[validated_batch], kinds={"pandas", "s3"})
-def training_dataset(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.MaterializeResult:
-    """Manifest of every accepted image with its deterministic, leakage-free split.
+class DatasetConfig(dg.Config):
+    """How images are grouped and how much class imbalance is tolerated before warning."""
 
-    Written to `datasets/manifests/<dataset_version>.parquet`; `datasets/manifests/latest.json` is updated last.
+    near_duplicate_distance: int = Field(default=4, description="perceptual-hash bits for near-duplicates")
+    max_class_imbalance: float = Field(
+        default=3.0, description="warn when the largest class has more than this many times the smallest"
+    )
+
+
+@dg.asset(
+    group_name="training",
+    deps=[validated_batch],
+    kinds={"pandas", "s3"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "class_balance",
+            asset="training_dataset",
+            blocking=False,
+            description="largest class / smallest class stays under the configured ratio (warning only)",
+        )
+    ],
+)
+def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, s3: S3Resource) -> dg.MaterializeResult:
+    """Manifest of every accepted image with its group (exact + near-duplicates) and leakage-free split.
+
+    Existing images keep their groups and splits from the previous manifest; a new image whose near-duplicates
+    sit in two splits is left out and listed. Written to `datasets/manifests/<dataset_version>.parquet`;
+    `datasets/manifests/latest.json` is updated last.
     """
     store = s3.store()
     accepted = [row for result in load_validation_results(s3) for row in result["accepted"]]
     if not accepted:
         raise dg.Failure("no accepted images yet: ingest a batch first (tumorops ingest PATH)")
-    manifest = build_manifest(pd.DataFrame(accepted))
+    previous = None
+    if store.exists(LATEST_MANIFEST_KEY):
+        previous = pd.read_parquet(io.BytesIO(store.get_bytes(store.get_json(LATEST_MANIFEST_KEY)["manifest"])))
+    manifest, excluded = build_manifest(
+        pd.DataFrame(accepted), previous=previous, max_distance=config.near_duplicate_distance
+    )
     version = dataset_version(manifest)
     key = f"datasets/manifests/{version}.parquet"
     if not store.exists(key):
@@ -34,13 +62,17 @@ def training_dataset(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Ma
         store.put_bytes(key, buffer.getvalue())
     store.put_json(LATEST_MANIFEST_KEY, {"dataset_version": version, "manifest": key, "images": len(manifest)})
     counts = Counter(zip(manifest["label"], manifest["split"], strict=True))
-    labels = sorted(set(manifest["label"]))
-    context.log.info(f"dataset {version}: {len(manifest)} images")
+    per_class = Counter(manifest["label"])
+    labels = sorted(per_class)
+    imbalance = max(per_class.values()) / min(per_class.values()) if per_class else 0.0
+    context.log.info(f"dataset {version}: {len(manifest)} images, {len(excluded)} left out (bridging splits)")
     return dg.MaterializeResult(
         metadata={
             "dataset_version": version,
             "manifest": dg.MetadataValue.path(s3.console_url(key)),
             "images": len(manifest),
+            "groups": int(manifest["group"].nunique()),
+            "left_out_bridging_splits": len(excluded),
             "batches": int(manifest["source_batch"].nunique()),
             "images_per_class_and_split": dg.MetadataValue.table(
                 records=[
@@ -52,7 +84,19 @@ def training_dataset(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Ma
                     + [dg.TableColumn(s, "int") for s in ("train", "val", "test")]
                 ),
             ),
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="class_balance",
+                passed=imbalance <= config.max_class_imbalance,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"largest/smallest class = {imbalance:.2f} (limit {config.max_class_imbalance})",
+                metadata={
+                    "imbalance_ratio": round(imbalance, 3),
+                    "images_per_class": dg.MetadataValue.json(dict(per_class)),
+                },
+            )
+        ],
     )
 
 
