@@ -18,15 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from infra.settings import load_settings
-from infra.storage import ObjectStore, sha256_file
-from tumor_model.dataset import image_key
-from tumor_model.evaluation import classification_metrics
-from tumor_model.labels import CLASS_NAMES
-from tumor_model.preprocessing import PREPROCESSING_ID
-from tumor_model.training import TrainingConfig, load_split_arrays, predict_probabilities, train_classifier
+from tumor_model.training_config import TrainingConfig
 
 logger = logging.getLogger("tumorops.train")
 
@@ -78,7 +70,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="registered model name (default from settings)")
 
 
-def _fetch_images(store: ObjectStore, manifest: pd.DataFrame, cache: Path, reporter: _Reporter) -> None:
+def _fetch_images(store: Any, manifest: Any, cache: Path, reporter: _Reporter) -> None:
+    from infra.storage import sha256_file
+    from tumor_model.dataset import image_key
+
     missing = [row for _, row in manifest.iterrows() if not (cache / f"{row.sha256}.{row.ext}").exists()]
     reporter.info(f"image cache: {len(manifest) - len(missing)} cached, {len(missing)} to download")
     for count, row in enumerate(missing, start=1):
@@ -92,6 +87,8 @@ def _fetch_images(store: ObjectStore, manifest: pd.DataFrame, cache: Path, repor
 
 
 def run(args: argparse.Namespace) -> int:
+    from infra.settings import load_settings
+
     settings = load_settings()
     config = TrainingConfig(
         image_size=args.image_size or settings.image_size,
@@ -112,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
 def _train(
     *, settings: Any, args: argparse.Namespace, config: TrainingConfig, model_name: str, reporter: _Reporter
 ) -> int:
+    import pandas as pd
+
+    from infra.storage import ObjectStore
+    from tumor_model.evaluation import classification_metrics
+    from tumor_model.labels import CLASS_NAMES
+    from tumor_model.preprocessing import PREPROCESSING_ID
+    from tumor_model.training import load_split_arrays, predict_probabilities, train_classifier
+
     store = ObjectStore.from_settings(settings)
     if Path(args.manifest).is_file():
         manifest = pd.read_parquet(args.manifest)

@@ -170,8 +170,14 @@ def validated_batch(
     if rejected:
         store.put_json(f"quarantine/{batch}/reasons.json", rejected)
     groups = duplicate_groups(table, max_distance=config.near_duplicate_distance)
+    total = len(table)
+    fraction = len(rejected) / total if total else 0.0
+    passed = fraction <= config.max_rejected_fraction
     result = {
         "batch": batch,
+        # A batch over the rejection limit contributes nothing to training, not even its accepted files.
+        "passed": passed,
+        "rejected_fraction": fraction,
         "accepted": accepted_rows,
         "rejected": rejected,
         "expectations": outcome.expectation_results,
@@ -181,8 +187,6 @@ def validated_batch(
     }
     store.put_json(report_prefix(batch) + "result.json", result)
 
-    total = len(table)
-    fraction = len(rejected) / total if total else 0.0
     reasons = Counter(r["reason"] for item in rejected for r in item["reasons"])
     classes = Counter(row["label"] for row in accepted_rows)
     context.log.info(f"batch {batch}: {len(accepted_rows)} accepted, {len(rejected)} rejected ({dict(reasons)})")
@@ -213,7 +217,7 @@ def validated_batch(
         check_results=[
             dg.AssetCheckResult(
                 check_name="rejected_fraction_within_limit",
-                passed=fraction <= config.max_rejected_fraction,
+                passed=passed,
                 severity=dg.AssetCheckSeverity.ERROR,
                 description=(
                     f"{len(rejected)} of {total} files rejected ({fraction:.1%}); limit "
@@ -277,13 +281,15 @@ def _thumbnails_markdown(store, batch: str, rejected: list[dict], limit: int = 6
 
 
 def load_validation_results(s3: S3Resource, *, exclude: str | None = None) -> list[dict]:
-    """Every batch's `result.json` (what the training dataset is built from), except batch `exclude`."""
+    """The `result.json` of every batch that passed validation (what training uses), except batch `exclude`."""
     store = s3.store()
     results = []
     for batch in store.list_prefixes("reports/validation/"):
         key = report_prefix(batch) + "result.json"
         if batch != exclude and store.exists(key):
-            results.append(json.loads(store.get_bytes(key)))
+            result = json.loads(store.get_bytes(key))
+            if result.get("passed", True):
+                results.append(result)
     return results
 
 
