@@ -50,11 +50,7 @@ def test_a_mostly_broken_batch_is_quarantined_and_stops_the_pipeline(
 
     result = _materialize(batch, s3_settings)
     assert not result.success, "more than 20% rejected must stop the run"
-    check = next(
-        e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    )
+    check = next(e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION")
     assert not check.passed and check.metadata["rejected"].value == 3
 
     reasons = {

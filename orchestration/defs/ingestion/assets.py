@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from orchestration.defs.ingestion.partitions import batch_partitions
+from orchestration.metadata import table_metadata
 from orchestration.resources import S3Resource
 from tumor_model.dataset import image_key
 from tumor_model.duplicates import duplicate_groups
@@ -56,13 +57,6 @@ class ValidationConfig(dg.Config):
         )
 
 
-def _table(records: list[dict], columns: list[tuple[str, str]]) -> dg.TableMetadataValue:
-    return dg.MetadataValue.table(
-        records=[dg.TableRecord(r) for r in records],
-        schema=dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns]),
-    )
-
-
 @dg.asset(partitions_def=batch_partitions, group_name="ingestion", kinds={"s3", "python"})
 def incoming_batch(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.MaterializeResult:
     """Profile every file of `incoming/<batch>/`: format, mode, bit depth, size, sha256, perceptual hash, intensity.
@@ -98,7 +92,7 @@ def incoming_batch(context: dg.AssetExecutionContext, s3: S3Resource) -> dg.Mate
             "bytes": int(table["file_size"].sum()),
             "undecodable": int(table["decode_error"].notna().sum()),
             "distinct_sizes": int(table[["width", "height"]].dropna().drop_duplicates().shape[0]),
-            "files_per_folder": _table(
+            "files_per_folder": table_metadata(
                 [{"folder": k, "files": v} for k, v in sorted(folders.items())],
                 [("folder", "string"), ("files", "int")],
             ),
@@ -196,13 +190,13 @@ def validated_batch(
         "rejected_fraction": round(fraction, 4),
         "exact_duplicate_groups": len(groups["exact"]),
         "near_duplicate_groups": len(groups["near"]),
-        "accepted_per_class": _table(
+        "accepted_per_class": table_metadata(
             [{"label": k, "images": v} for k, v in sorted(classes.items())], [("label", "string"), ("images", "int")]
         ),
-        "reject_reasons": _table(
+        "reject_reasons": table_metadata(
             [{"reason": k, "files": v} for k, v in sorted(reasons.items())], [("reason", "string"), ("files", "int")]
         ),
-        "rejected_files": _table(
+        "rejected_files": table_metadata(
             [{"file": r["file"], "reasons": ", ".join(x["reason"] for x in r["reasons"])} for r in rejected[:50]],
             [("file", "string"), ("reasons", "string")],
         ),

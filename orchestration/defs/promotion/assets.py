@@ -9,6 +9,7 @@ from pydantic import Field
 
 from infra.release import append_audit, now_iso, read_pointer, upload_release, write_pointer
 from orchestration.defs.training.assets import candidate_model
+from orchestration.metadata import table_metadata
 from orchestration.resources import MLflowResource, S3Resource
 
 
@@ -49,25 +50,9 @@ def promotion_gate(
         metadata={
             "model_version": candidate.version,
             "gates_passed": passed,
-            "gates": dg.MetadataValue.table(
-                records=[
-                    dg.TableRecord(
-                        {
-                            "gate": "test_accuracy",
-                            "value": accuracy,
-                            "threshold": config.min_test_accuracy,
-                            "passed": passed,
-                        }
-                    )
-                ],
-                schema=dg.TableSchema(
-                    columns=[
-                        dg.TableColumn("gate", "string"),
-                        dg.TableColumn("value", "float"),
-                        dg.TableColumn("threshold", "float"),
-                        dg.TableColumn("passed", "bool"),
-                    ]
-                ),
+            "gates": table_metadata(
+                [{"gate": "test_accuracy", "value": accuracy, "threshold": config.min_test_accuracy, "passed": passed}],
+                [("gate", "string"), ("value", "float"), ("threshold", "float"), ("passed", "bool")],
             ),
             "approval": tags["approval.status"],
             "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(candidate.version)),

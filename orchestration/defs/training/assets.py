@@ -9,8 +9,10 @@ import pandas as pd
 from pydantic import Field
 
 from orchestration.defs.ingestion.assets import load_validation_results, validated_batch
+from orchestration.metadata import table_metadata
 from orchestration.resources import MLflowResource, S3Resource
 from tumor_model.dataset import build_manifest, dataset_version
+from tumor_model.splits import SPLITS
 
 LATEST_MANIFEST_KEY = "datasets/manifests/latest.json"
 
@@ -74,15 +76,9 @@ def training_dataset(context: dg.AssetExecutionContext, config: DatasetConfig, s
             "groups": int(manifest["group"].nunique()),
             "left_out_bridging_splits": len(excluded),
             "batches": int(manifest["source_batch"].nunique()),
-            "images_per_class_and_split": dg.MetadataValue.table(
-                records=[
-                    dg.TableRecord({"label": label, **{s: counts.get((label, s), 0) for s in ("train", "val", "test")}})
-                    for label in labels
-                ],
-                schema=dg.TableSchema(
-                    columns=[dg.TableColumn("label", "string")]
-                    + [dg.TableColumn(s, "int") for s in ("train", "val", "test")]
-                ),
+            "images_per_class_and_split": table_metadata(
+                [{"label": label, **{s: counts.get((label, s), 0) for s in SPLITS}} for label in labels],
+                [("label", "string")] + [(s, "int") for s in SPLITS],
             ),
         },
         check_results=[
