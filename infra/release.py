@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import json
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,6 @@ def download_release(store: ObjectStore, pointer: dict[str, Any], destination: P
     model_json_bytes = store.get_bytes(prefix + "model.json")
     if sha256_bytes(model_json_bytes) != pointer["model_json_sha256"]:
         raise ReleaseVerificationError(f"{store.uri(prefix + 'model.json')} does not match production.json")
-    import json
-
     info = json.loads(model_json_bytes)
     destination.mkdir(parents=True, exist_ok=True)
     for name, expected in info["files"].items():

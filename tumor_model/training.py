@@ -58,8 +58,10 @@ def load_split_arrays(
 def _set_batchnorm_momentum(model: Any, momentum: float) -> None:
     import keras
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):  # the nested backbone
+            _set_batchnorm_momentum(layer, momentum)
+        elif isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = momentum
 
 

@@ -33,15 +33,25 @@ def report_prefix(batch: str) -> str:
     return f"reports/validation/{batch}/"
 
 
+# The launchpad shows the same defaults `tumorops validate` uses: one source, ValidationRules.
+_DEFAULT_RULES = ValidationRules()
+
+
 class ValidationConfig(dg.Config):
     """Bounds of the validation suite (defaults suit brain MRI slices)."""
 
-    min_side: int = Field(default=64, description="smallest accepted width/height in pixels")
-    max_side: int = Field(default=4096, description="largest accepted width/height in pixels")
-    max_pixels: int = Field(default=40_000_000, description="largest accepted pixel count (decompression bombs)")
-    min_std_intensity: float = Field(default=2.0, description="below this intensity spread an image is blank")
-    max_file_bytes: int = Field(default=50_000_000, description="largest accepted file")
-    near_duplicate_distance: int = Field(default=4, description="perceptual-hash bits for near-duplicates")
+    min_side: int = Field(default=_DEFAULT_RULES.min_side, description="smallest accepted width/height in pixels")
+    max_side: int = Field(default=_DEFAULT_RULES.max_side, description="largest accepted width/height in pixels")
+    max_pixels: int = Field(
+        default=_DEFAULT_RULES.max_pixels, description="largest accepted pixel count (decompression bombs)"
+    )
+    min_std_intensity: float = Field(
+        default=_DEFAULT_RULES.min_std_intensity, description="below this intensity spread an image is blank"
+    )
+    max_file_bytes: int = Field(default=_DEFAULT_RULES.max_file_bytes, description="largest accepted file")
+    near_duplicate_distance: int = Field(
+        default=_DEFAULT_RULES.near_duplicate_distance, description="perceptual-hash bits for near-duplicates"
+    )
     max_rejected_fraction: float = Field(
         default=0.2, description="above this share of rejected images the batch stops the pipeline"
     )

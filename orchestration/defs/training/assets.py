@@ -12,6 +12,7 @@ from orchestration.defs.ingestion.assets import load_validation_results, validat
 from orchestration.metadata import table_metadata
 from orchestration.resources import MLflowResource, S3Resource
 from tumor_model.dataset import build_manifest, dataset_version
+from tumor_model.duplicates import DEFAULT_MAX_DISTANCE
 from tumor_model.splits import SPLITS
 
 LATEST_MANIFEST_KEY = "datasets/manifests/latest.json"
@@ -20,7 +21,9 @@ LATEST_MANIFEST_KEY = "datasets/manifests/latest.json"
 class DatasetConfig(dg.Config):
     """How images are grouped and how much class imbalance is tolerated before warning."""
 
-    near_duplicate_distance: int = Field(default=4, description="perceptual-hash bits for near-duplicates")
+    near_duplicate_distance: int = Field(
+        default=DEFAULT_MAX_DISTANCE, description="perceptual-hash bits for near-duplicates"
+    )
     max_class_imbalance: float = Field(
         default=3.0, description="warn when the largest class has more than this many times the smallest"
     )
