@@ -141,30 +141,108 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def cmd_models_list(args: argparse.Namespace) -> int:
-    import mlflow
-
-    from infra.release import read_pointer
+def _registry_and_store():  # noqa: ANN202
+    from infra.promotion import Registry
     from infra.storage import ObjectStore
 
     settings = cli_settings()
-    client = mlflow.MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    pointer = read_pointer(ObjectStore.from_settings(settings), settings.model_name)
-    versions = client.search_model_versions(f"name='{settings.model_name}'")
-    # search_model_versions leaves aliases empty; the registered model has the alias -> version map.
-    aliases_by_version: dict[str, list[str]] = {}
-    if versions:
-        for alias, version in client.get_registered_model(settings.model_name).aliases.items():
-            aliases_by_version.setdefault(str(version), []).append(alias)
-    print(f"model {settings.model_name}; serving: {pointer['version'] if pointer else 'nothing yet'}")
-    print(f"{'version':>7}  {'aliases':20s}  {'test_acc':>8}  {'gates':6s}  {'approval':10s}  dataset")
-    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        aliases = ",".join(sorted(aliases_by_version.get(str(mv.version), []))) or "-"
+    return (
+        settings,
+        Registry(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
+        (ObjectStore.from_settings(settings)),
+    )
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from infra.promotion import describe_versions
+
+    _, registry, store = _registry_and_store()
+    listing = describe_versions(registry, store)
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    serving = listing["serving"]
+    if serving:
         print(
-            f"{mv.version:>7}  {aliases:20s}  {mv.tags.get('test_accuracy', '-'):>8}  "
-            f"{mv.tags.get('gate.passed', '-'):6s}  {mv.tags.get('approval.status', '-'):10s}  "
-            f"{mv.tags.get('dataset_version', '-')}"
+            f"model {listing['model_name']}: serving version {serving['version']} since {serving['promoted_at']} "
+            f"({serving.get('action', 'promote')} by {serving['approved_by']})"
         )
+    else:
+        print(f"model {listing['model_name']}: nothing in production yet")
+    if listing["warning"]:
+        print(f"warning: {listing['warning']}")
+    print(
+        f"{'version':>7}  {'aliases':18s}  {'test_acc':>8}  {'macro_f1':>8}  {'gates':12s}  {'approval':28s}  dataset"
+    )
+    for row in listing["versions"]:
+        aliases = ",".join(row["aliases"]) + (" *serving" if row["serving"] else "")
+        gates = {"true": "passed", "false": f"FAILED({len(row['failed_gates'])})"}.get(row["gates"], "-")
+        approval = row["approval"]
+        who = f"{approval['status']}" + (f" by {approval['by']}" if approval["by"] else "")
+        if approval["override"]:
+            who += " (override)"
+        print(
+            f"{row['version']:>7}  {aliases or '-':18s}  {row['test_accuracy'] or '-':>8}  "
+            f"{row['test_macro_f1'] or '-':>8}  {gates:10s}  {row['dataset_version'] or '-':15s}  {who}"
+        )
+        if row["failed_gates"]:
+            print(f"{'':9}failed gates: {', '.join(row['failed_gates'])}")
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    from infra.promotion import decide
+
+    _, registry, store = _registry_and_store()
+    approval = decide(
+        registry,
+        store,
+        version=args.version,
+        decision=args.command,
+        by=args.by,
+        reason=args.reason,
+        override=getattr(args, "override", False),
+    )
+    override = " (override of failed gates, recorded)" if approval["override"] == "true" else ""
+    print(f"version {args.version}: {approval['status']} by {approval['by']}{override}")
+    if args.command == "approve":
+        print("the Dagster approval_sensor promotes it within a minute; or now: tumorops promote " + args.version)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from infra.promotion import promote
+    from tumor_model.gates import load_promotion_config
+
+    settings, registry, store = _registry_and_store()
+    config = load_promotion_config(settings.promotion_config, policy=settings.approval_policy)
+    outcome = promote(
+        registry,
+        store,
+        version=args.version,
+        by=args.by,
+        referral_confidence=config.release.referral_confidence,
+        log=lambda m: print(m, file=sys.stderr),
+    )
+    print(outcome.message)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from infra.promotion import rollback
+
+    _, registry, store = _registry_and_store()
+    outcome = rollback(registry, store, by=args.by, reason=args.reason, to=args.to)
+    print(f"{outcome.message}; production.json now names version {outcome.version}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from infra.promotion import audit_tail
+
+    settings, _, store = _registry_and_store()
+    for item in audit_tail(store, settings.model_name, args.tail):
+        print(json.dumps(item, sort_keys=True, default=str))
     return 0
 
 
@@ -227,9 +305,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="registered model versions")
     models_sub = models.add_subparsers(dest="models_command", required=True)
-    models_sub.add_parser("list", help="versions, aliases, gates, approval, what is serving").set_defaults(
-        func=cmd_models_list
-    )
+    listing = models_sub.add_parser("list", help="versions, aliases, gates, approval, what is serving")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.set_defaults(func=cmd_models_list)
+
+    for name, help_text in (("approve", "approve a version for production"), ("reject", "reject a version")):
+        decision = sub.add_parser(name, help=help_text)
+        decision.add_argument("version")
+        decision.add_argument("--by", required=True, help="your name (recorded in MLflow and the audit log)")
+        decision.add_argument("--reason", required=True, help="why (recorded)")
+        if name == "approve":
+            decision.add_argument(
+                "--override", action="store_true", help="approve although the gates failed (recorded as an override)"
+            )
+        decision.set_defaults(func=cmd_decide)
+
+    promote = sub.add_parser("promote", help="release an approved version now (without waiting for Dagster)")
+    promote.add_argument("version")
+    promote.add_argument("--by", default=None, help="who releases it (default: the approver)")
+    promote.set_defaults(func=cmd_promote)
+
+    rollback = sub.add_parser("rollback", help="serve the previous release again (or --to VERSION)")
+    rollback.add_argument("--to", default=None, help="version to serve (default: the one served before this one)")
+    rollback.add_argument("--by", required=True, help="your name (recorded)")
+    rollback.add_argument("--reason", required=True, help="why (recorded)")
+    rollback.set_defaults(func=cmd_rollback)
+
+    audit = sub.add_parser("audit", help="the last lines of the release audit log")
+    audit.add_argument("--tail", type=int, default=20)
+    audit.set_defaults(func=cmd_audit)
 
     classify = sub.add_parser("classify", help="classify one image with the BentoML service")
     classify.add_argument("image")
@@ -241,12 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from infra.demo import DemoError
     from infra.ingest import IngestError
+    from infra.promotion import PromotionError
+    from infra.release import ReleaseVerificationError
     from infra.stack import StackError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (StackError, IngestError, DemoError) as error:
+    except (StackError, IngestError, DemoError, PromotionError, ReleaseVerificationError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

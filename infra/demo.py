@@ -53,6 +53,24 @@ def wait_for_run(dagster_url: str, *, job: str, tags: dict[str, str], deadline: 
     raise DemoError(f"timed out waiting for {job}; see {dagster_url}/runs")
 
 
+def _candidate_verdict(settings: Settings) -> dict[str, str] | None:
+    """The newest candidate's gate verdict and approval, for the demo's printout."""
+    from infra.promotion import CANDIDATE, Registry
+
+    registry = Registry(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name)
+    version = registry.by_alias(CANDIDATE)
+    if version is None:
+        return None
+    tags = version.tags
+    return {
+        "version": str(version.version),
+        "test_accuracy": tags.get("test_accuracy", "?"),
+        "gates": {"true": "passed", "false": "FAILED"}.get(tags.get("gate.passed", ""), "not evaluated"),
+        "summary": tags.get("gate.summary", ""),
+        "approval": f"{tags.get('approval.status', 'none')} by {tags.get('approval.by', '-')}",
+    }
+
+
 def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float = 1500) -> int:
     import httpx
 
@@ -85,8 +103,20 @@ def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float 
     wait_for_run(urls["dagster"], job="ingest_job", tags={"dagster/partition": batch}, deadline=deadline)
     wait_for_run(urls["dagster"], job="retrain_job", tags={"tumorops/batch": batch}, deadline=deadline)
     pointer = read_pointer(store, local.model_name)
+    candidate = _candidate_verdict(local)
+    if candidate:
+        print(
+            f"    candidate version {candidate['version']}: test accuracy {candidate['test_accuracy']}, "
+            f"gates {candidate['gates']} ({candidate['summary']}); approval {candidate['approval']}",
+            flush=True,
+        )
+        if candidate["approval"].startswith("pending"):
+            print(f"    approve it with: tumorops approve {candidate['version']} --by NAME --reason TEXT", flush=True)
     if pointer is None:
-        raise DemoError("the pipeline ran but nothing was promoted: see the promotion_gate asset in Dagster")
+        raise DemoError(
+            "the pipeline ran but nothing was promoted (see the promotion_gate asset in Dagster and "
+            "`tumorops models list`)"
+        )
 
     print(f"4/5 waiting for BentoML to serve version {pointer['version']}", flush=True)
     probe = settings.home_dir / "sample" / "probe-pituitary.png"

@@ -61,11 +61,31 @@ def upload_release(
 
 
 def write_pointer(
-    store: ObjectStore, *, model_name: str, version: str, approved_by: str, reason: str
+    store: ObjectStore,
+    *,
+    model_name: str,
+    version: str,
+    approved_by: str,
+    reason: str,
+    previous_version: str | None = None,
+    action: str = "promote",
 ) -> dict[str, Any]:
-    """Point production at an uploaded release (the last write of a promotion)."""
+    """Point production at an uploaded release (the last write of a promotion or rollback).
+
+    Args:
+        store: the bucket.
+        model_name: registered model name.
+        version: the version to serve; its `model.json` must already be uploaded.
+        approved_by: who approved (a person, or `policy:auto`).
+        reason: why.
+        previous_version: what served before (the target of a plain `tumorops rollback`).
+        action: `promote` or `rollback`.
+    """
     prefix = release_prefix(model_name, version)
-    model_json = store.get_bytes(prefix + "model.json")
+    try:
+        model_json = store.get_bytes(prefix + "model.json")
+    except ObjectNotFoundError as error:
+        raise ReleaseVerificationError(f"{store.uri(prefix)} has no model.json: not a complete release") from error
     pointer = {
         "model_name": model_name,
         "version": version,
@@ -74,6 +94,8 @@ def write_pointer(
         "promoted_at": now_iso(),
         "approved_by": approved_by,
         "reason": reason,
+        "previous_version": previous_version,
+        "action": action,
     }
     store.put_json(pointer_key(model_name), pointer)
     return pointer
@@ -103,6 +125,36 @@ def download_release(store: ObjectStore, pointer: dict[str, Any], destination: P
             raise ReleaseVerificationError(f"{store.uri(prefix + name)} does not match its sha256 in model.json")
     (destination / "model.json").write_bytes(model_json_bytes)
     return info
+
+
+def verify_release(store: ObjectStore, model_name: str, version: str) -> dict[str, Any]:
+    """Check that every file of an uploaded release matches its sha256 in `model.json`; return `model.json`.
+
+    Raises:
+        ReleaseVerificationError: `model.json` or a file is missing or does not match.
+    """
+    prefix = release_prefix(model_name, version)
+    try:
+        info = store.get_json(prefix + "model.json")
+    except ObjectNotFoundError as error:
+        raise ReleaseVerificationError(f"{store.uri(prefix)} holds no release (no model.json)") from error
+    for name, expected in info["files"].items():
+        try:
+            actual = sha256_bytes(store.get_bytes(prefix + name))
+        except ObjectNotFoundError as error:
+            raise ReleaseVerificationError(f"{store.uri(prefix + name)} is missing from the release") from error
+        if actual != expected:
+            raise ReleaseVerificationError(f"{store.uri(prefix + name)} does not match its sha256 in model.json")
+    return info
+
+
+def read_audit(store: ObjectStore, model_name: str) -> list[dict[str, Any]]:
+    """Every line of `models/<name>/audit.jsonl`, oldest first (empty when nothing happened yet)."""
+    try:
+        text = store.get_bytes(audit_key(model_name)).decode()
+    except ObjectNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def append_audit(store: ObjectStore, model_name: str, *, action: str, version: str, **details: Any) -> dict[str, Any]:

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     learning_rate: float = 2e-3
     weights: str = Field(default="none", description="imagenet | none | path to a backbone weights file")
     retrain_cron: str = "0 3 * * 1"
+    promotion_config: Path | None = Field(
+        default=None, description="promotion gates and approval policy (TOML); default: tumor_model/promotion.toml"
+    )
+    approval_policy: str | None = Field(default=None, description="auto | manual; overrides the config file's")
     serving_poll_seconds: float = 10.0
 
     @cached_property
@@ -68,6 +72,10 @@ class Settings(BaseSettings):
             "TUMOROPS_MODEL_NAME": self.model_name,
             "MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
         }
+        if self.promotion_config:
+            env["TUMOROPS_PROMOTION_CONFIG"] = str(self.promotion_config)
+        if self.approval_policy:
+            env["TUMOROPS_APPROVAL_POLICY"] = self.approval_policy
         if self.s3_endpoint_url:
             env["TUMOROPS_S3_ENDPOINT_URL"] = self.s3_endpoint_url
             env["MLFLOW_S3_ENDPOINT_URL"] = self.s3_endpoint_url

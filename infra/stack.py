@@ -32,10 +32,23 @@ class StackError(RuntimeError):
     """A service of the stack failed to start or stop."""
 
 
+_HANDED_OUT_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that is free now and was not handed out before by this process.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is closed, and a
+    service with a dozen ports (SeaweedFS) then fails with "address already in use".
+    """
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT_PORTS:
+            _HANDED_OUT_PORTS.add(port)
+            return port
+    raise StackError(f"no free port on {host} after 200 tries")
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -8,7 +8,7 @@ import dagster as dg
 
 from infra.settings import load_settings
 from orchestration.defs import ingestion, promotion, training
-from orchestration.resources import MLflowResource, S3Resource
+from orchestration.resources import MLflowResource, PromotionPolicyResource, S3Resource
 
 
 def _secret(name: str) -> dg.EnvVar | None:
@@ -28,6 +28,10 @@ def build_resources() -> dict[str, object]:
         ),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "promotion_policy": PromotionPolicyResource(
+            config_path=str(settings.promotion_config) if settings.promotion_config else None,
+            policy=settings.approval_policy,
+        ),
     }
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
+from infra.promotion import Registry
 from infra.settings import Settings
 from infra.storage import ObjectStore
+from tumor_model.gates import PromotionConfig, load_promotion_config
 
 
 class S3Resource(dg.ConfigurableResource):
@@ -49,8 +51,22 @@ class MLflowResource(dg.ConfigurableResource):
 
         return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def registry(self) -> Registry:
+        """The registry entry of `model_name`, for approval, promotion and rollback."""
+        return Registry(tracking_uri=self.tracking_uri, model_name=self.model_name, client=self.client())
+
     def model_version_url(self, version: str) -> str:
         return f"{self.tracking_uri}/#/models/{self.model_name}/versions/{version}"
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.tracking_uri}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class PromotionPolicyResource(dg.ConfigurableResource):
+    """The deployment's promotion gates and approval policy (one TOML file; see `tumor_model/promotion.toml`)."""
+
+    config_path: str | None = Field(default=None, description="TOML file; unset for the packaged defaults")
+    policy: str | None = Field(default=None, description="auto | manual; overrides the file's approval.policy")
+
+    def load(self) -> PromotionConfig:
+        return load_promotion_config(self.config_path, policy=self.policy)

@@ -70,22 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-name", default=None, help="registered model name (default from settings)")
 
 
-def _fetch_images(store: Any, manifest: Any, cache: Path, reporter: _Reporter) -> None:
-    from infra.storage import sha256_file
-    from tumor_model.dataset import image_key
-
-    missing = [row for _, row in manifest.iterrows() if not (cache / f"{row.sha256}.{row.ext}").exists()]
-    reporter.info(f"image cache: {len(manifest) - len(missing)} cached, {len(missing)} to download")
-    for count, row in enumerate(missing, start=1):
-        target = cache / f"{row.sha256}.{row.ext}"
-        store.download_file(image_key(row.sha256, row.ext), target)
-        if sha256_file(target) != row.sha256:
-            target.unlink()
-            raise RuntimeError(f"{image_key(row.sha256, row.ext)} does not match its sha256: the store is corrupt")
-        if count % 200 == 0:
-            reporter.info(f"downloaded {count}/{len(missing)} images")
-
-
 def run(args: argparse.Namespace) -> int:
     from infra.settings import load_settings
 
@@ -111,8 +95,9 @@ def _train(
 ) -> int:
     import pandas as pd
 
+    from infra.image_cache import fetch_manifest_images
     from infra.storage import ObjectStore
-    from tumor_model.evaluation import classification_metrics
+    from tumor_model.evaluation import classification_metrics, flat_metrics
     from tumor_model.labels import CLASS_NAMES
     from tumor_model.preprocessing import PREPROCESSING_ID
     from tumor_model.training import load_split_arrays, predict_probabilities, train_classifier
@@ -124,7 +109,7 @@ def _train(
         manifest = pd.read_parquet(io.BytesIO(store.get_bytes(args.manifest)))
     version = Path(args.manifest).stem
     cache = settings.home_dir / "cache" / "images"
-    _fetch_images(store, manifest, cache, reporter)
+    fetch_manifest_images(store, manifest, cache, log=reporter.info)
     started = time.monotonic()
     arrays = load_split_arrays(
         manifest, image_path=lambda row: cache / f"{row.sha256}.{row.ext}", image_size=config.image_size
@@ -163,11 +148,7 @@ def _train(
         metrics = classification_metrics(
             y_true=arrays["test"].labels, probabilities=probabilities, class_names=CLASS_NAMES
         )
-        flat = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"], "fit_seconds": fit_seconds}
-        for name, values in metrics["per_class"].items():
-            flat[f"test_recall_{name}"] = values["recall"]
-            flat[f"test_precision_{name}"] = values["precision"]
-        mlflow.log_metrics(flat)
+        mlflow.log_metrics({**flat_metrics(metrics), "fit_seconds": fit_seconds})
         mlflow.log_dict(metrics, "evaluation/test_metrics.json")
         mlflow.log_dict(history, "evaluation/history.json")
         info = mlflow.keras.log_model(
@@ -185,6 +166,7 @@ def _train(
             "preprocessing": PREPROCESSING_ID,
             "test_accuracy": f"{metrics['accuracy']:.4f}",
             "test_macro_f1": f"{metrics['macro_f1']:.4f}",
+            "test_ece": f"{metrics['ece']:.4f}",
             "mlflow_run_id": run_id,
         }
         for key, value in tags.items():

@@ -17,7 +17,7 @@ from infra.settings import Settings
 from infra.stack import free_port, start_bentoml
 from infra.storage import ObjectStore
 from orchestration.definitions import build_definitions
-from orchestration.resources import MLflowResource, S3Resource
+from orchestration.resources import MLflowResource, PromotionPolicyResource, S3Resource
 from tests.images import jpeg_bytes, write
 from tumor_model.labels import CLASS_NAMES
 from tumor_model.synthetic import write_synthetic_dataset
@@ -37,6 +37,11 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
     batch, count = ingest_folder(store, sample, batch="e2e-batch-1")
     assert count == 49
 
+    lenient = tmp_path / "promotion.toml"
+    lenient.write_text(
+        "[gates]\nmin_test_images = 1\nmin_accuracy = 0\nmin_macro_f1 = 0\nmax_ece = 1\n"
+        "[gates.min_sensitivity]\nglioma = 0\n"
+    )
     resources = {
         "s3": S3Resource(
             bucket=settings.s3_bucket,
@@ -46,6 +51,8 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
         ),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        # A 1-epoch model on 48 images cannot meet clinical gates: this test checks the flow, not the model.
+        "promotion_policy": PromotionPolicyResource(config_path=str(lenient)),
     }
     defs = build_definitions(resources)
     with dg.instance_for_test() as instance:
@@ -62,13 +69,17 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
             run_config={
                 "ops": {
                     "candidate_model": {"config": {"image_size": 32, "epochs": 1, "batch_size": 8}},
-                    "promotion_gate": {"config": {"min_test_accuracy": 0.0}},
                 }
             },
         )
         assert retrain.success
         trained = retrain.asset_materializations_for_node("candidate_model")[0].metadata
         assert 0.0 <= trained["test_accuracy"].value <= 1.0
+        gate = retrain.asset_materializations_for_node("promotion_gate")[0].metadata
+        assert gate["gates_passed"].value is True and gate["approval_status"].value == "approved"
+        # The gate re-scored the registered model on the test split: it must agree with the training run.
+        gate_rows = {row.data["gate"]: row.data for row in gate["gates"].value.records}
+        assert gate_rows["accuracy"]["candidate"] == pytest.approx(trained["test_accuracy"].value, abs=1e-3)
 
     pointer = read_pointer(store, settings.model_name)
     assert pointer is not None and pointer["version"] == str(trained["model_version"].value)
@@ -77,6 +88,8 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
     assert champion.version == pointer["version"]
     assert champion.tags["approval.status"] == "approved"
     assert '"promote"' in store.get_bytes(audit_key(settings.model_name)).decode()
+    card = store.get_bytes(f"{pointer['prefix']}model_card.md").decode()
+    assert "## Test metrics" in card and "## Known limits" in card
 
     env = {**os.environ, "TUMOROPS_SERVING_POLL_SECONDS": "1"}
     service = start_bentoml(log_path=tmp_path / "bentoml.log", host="127.0.0.1", port=free_port(), env=env)

@@ -14,12 +14,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_jobs_sensors_and_schedule_are_defined() -> None:
     repo = defs.get_repository_def()
-    assert {"ingest_job", "retrain_job"} <= set(repo.job_names)
-    assert {s.name for s in repo.sensor_defs} == {"incoming_batch_sensor", "retrain_after_ingest"}
+    assert {"ingest_job", "retrain_job", "promotion_job"} <= set(repo.job_names)
+    assert {s.name for s in repo.sensor_defs} == {
+        "incoming_batch_sensor",
+        "retrain_after_ingest",
+        "approval_sensor",
+        "release_audit_sensor",
+    }
     schedule = repo.get_schedule_def("retrain_schedule")
     assert schedule.cron_schedule == os.environ.get("TUMOROPS_RETRAIN_CRON", "0 3 * * 1")
     retrain_assets = {k.to_user_string() for k in defs.resolve_job_def("retrain_job").asset_layer.executable_asset_keys}
     assert retrain_assets == {"training_dataset", "candidate_model", "promotion_gate", "production_model"}
+    promotion_assets = defs.resolve_job_def("promotion_job").asset_layer.executable_asset_keys
+    assert {k.to_user_string() for k in promotion_assets} == {"production_model"}
 
 
 def test_every_asset_has_a_description() -> None:

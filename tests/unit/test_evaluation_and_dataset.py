@@ -101,3 +101,36 @@ def test_dataset_version_changes_with_labels() -> None:
     assert base == dataset_version(build_manifest(_accepted(list(reversed(rows))))[0])
     relabelled = [(rows[0][0], "meningioma", "b1"), *rows[1:]]
     assert dataset_version(build_manifest(_accepted(relabelled))[0]) != base
+
+
+def test_calibration_error_and_roc_auc_on_known_values() -> None:
+    from tumor_model.evaluation import expected_calibration_error, roc_auc_one_vs_rest
+
+    # Four predictions at confidence 0.9 of which two are right: |0.5 - 0.9| = 0.4 in one bin.
+    probabilities = np.array([[0.9, 0.05, 0.05]] * 4)
+    ece, bins = expected_calibration_error(y_true=np.array([0, 0, 1, 2]), probabilities=probabilities)
+    assert ece == pytest.approx(0.4)
+    assert len(bins) == 1 and bins[0]["count"] == 4 and bins[0]["accuracy"] == pytest.approx(0.5)
+    # Perfectly confident and right: calibrated.
+    assert expected_calibration_error(y_true=np.array([0, 1]), probabilities=np.eye(3)[[0, 1]])[0] == 0.0
+
+    assert roc_auc_one_vs_rest(positive=np.array([1, 1, 0, 0]), scores=np.array([0.9, 0.8, 0.2, 0.1])) == 1.0
+    assert roc_auc_one_vs_rest(positive=np.array([1, 1, 0, 0]), scores=np.array([0.1, 0.2, 0.8, 0.9])) == 0.0
+    # One positive ranked between two negatives, plus a tie counted half: (1 + 0.5) / 2.
+    assert roc_auc_one_vs_rest(positive=np.array([1, 0, 0]), scores=np.array([0.5, 0.5, 0.2])) == pytest.approx(0.75)
+    assert roc_auc_one_vs_rest(positive=np.array([1, 1]), scores=np.array([0.5, 0.2])) is None
+
+
+def test_metrics_carry_auc_ece_and_flatten_for_mlflow() -> None:
+    from tumor_model.evaluation import flat_metrics
+
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    probabilities = np.array(
+        [[0.8, 0.1, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.1, 0.2, 0.7]]
+    )
+    metrics = classification_metrics(y_true=y_true, probabilities=probabilities, class_names=CLASSES)
+    assert metrics["per_class"]["c"]["roc_auc"] == 1.0
+    assert 0.0 < metrics["ece"] < 0.5
+    flat = flat_metrics(metrics)
+    assert flat["test_recall_b"] == pytest.approx(0.5)
+    assert flat["test_ece"] == metrics["ece"] and "test_roc_auc_a" in flat
