@@ -71,6 +71,35 @@ def _candidate_verdict(settings: Settings) -> dict[str, str] | None:
     }
 
 
+DEMO_APPROVER = "tumorops demo"
+
+
+def _override_for_demo(settings: Settings, store: object, version: str, dagster_url: str, deadline: float) -> dict:
+    """Nothing serves and the demo model failed the clinical gates: sign it off with a recorded override.
+
+    This is the path a person takes with `tumorops approve VERSION --override`; the approval sensor then runs
+    promotion_job. The override is visible in MLflow, the audit log, the model card and `tumorops models list`.
+    """
+    from infra.promotion import Registry, decide
+    from infra.release import read_pointer
+
+    registry = Registry(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name)
+    reason = "demo on synthetic data: served despite failed clinical gates so the flow can be shown end to end"
+    decide(registry, store, version=version, decision="approve", by=DEMO_APPROVER, reason=reason, override=True)
+    print(
+        f"    nothing serves yet: the demo approves version {version} with a recorded override "
+        f'(tumorops approve {version} --by "{DEMO_APPROVER}" --override); Dagster\'s approval_sensor promotes it',
+        flush=True,
+    )
+    wait_for_run(
+        dagster_url,
+        job="promotion_job",
+        tags={"tumorops/trigger": "approval", "tumorops/version": version},
+        deadline=deadline,
+    )
+    return read_pointer(store, settings.model_name)
+
+
 def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float = 1500) -> int:
     import httpx
 
@@ -112,6 +141,10 @@ def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float 
         )
         if candidate["approval"].startswith("pending"):
             print(f"    approve it with: tumorops approve {candidate['version']} --by NAME --reason TEXT", flush=True)
+        elif candidate["gates"] == "FAILED" and pointer is not None:
+            print(f"    the champion, version {pointer['version']}, keeps serving", flush=True)
+        elif candidate["gates"] == "FAILED":
+            pointer = _override_for_demo(local, store, candidate["version"], urls["dagster"], deadline)
     if pointer is None:
         raise DemoError(
             "the pipeline ran but nothing was promoted (see the promotion_gate asset in Dagster and "

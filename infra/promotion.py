@@ -148,25 +148,43 @@ def record_gate_verdict(
         status, by, action = APPROVED, "policy:auto", "approve"
     else:
         status, by, action = PENDING, "policy:manual", "await_approval"
-    approval = {
-        "approval.status": status,
-        "approval.by": by,
-        "approval.reason": report.summary(),
-        "approval.at": now_iso(),
-        "approval.override": "false",
-    }
-    registry.set_tags(version, approval)
-    append_audit(
+    return _record_approval(
+        registry,
         store,
-        registry.model_name,
-        action=action,
-        version=str(version),
+        version=version,
+        status=status,
         by=by,
         reason=report.summary(),
+        override=False,
+        action=action,
         gates_passed=report.passed,
         champion_version=report.champion_version,
         metrics=_headline(evaluation.get("candidate")),
     )
+
+
+def _record_approval(
+    registry: Registry,
+    store: ObjectStore,
+    *,
+    version: str,
+    status: str,
+    by: str,
+    reason: str,
+    override: bool,
+    action: str,
+    **audit_details: Any,
+) -> dict[str, Any]:
+    """Set the `approval.*` tags and append the matching audit line; return the approval without prefixes."""
+    approval = {
+        "approval.status": status,
+        "approval.by": by,
+        "approval.reason": reason,
+        "approval.at": now_iso(),
+        "approval.override": str(override).lower(),
+    }
+    registry.set_tags(version, approval)
+    append_audit(store, registry.model_name, action=action, version=str(version), by=by, reason=reason, **audit_details)
     return {key.removeprefix("approval."): value for key, value in approval.items()}
 
 
@@ -213,26 +231,18 @@ def decide(
         )
     status = APPROVED if decision == "approve" else REJECTED
     is_override = decision == "approve" and gates != "true"
-    approval = {
-        "approval.status": status,
-        "approval.by": by,
-        "approval.reason": reason,
-        "approval.at": now_iso(),
-        "approval.override": str(is_override).lower(),
-    }
-    registry.set_tags(version, approval)
-    action = "approve_override" if is_override else decision
-    append_audit(
+    return _record_approval(
+        registry,
         store,
-        registry.model_name,
-        action=action,
-        version=str(version),
+        version=version,
+        status=status,
         by=by,
         reason=reason,
+        override=is_override,
+        action="approve_override" if is_override else decision,
         gates_passed=gates == "true",
         gate_summary=model_version.tags.get("gate.summary"),
     )
-    return {key.removeprefix("approval."): value for key, value in approval.items()}
 
 
 def evaluate_candidate(

@@ -45,7 +45,11 @@ def approval_sensor(context: dg.SensorEvaluationContext, mlflow: MLflowResource)
             dg.RunRequest(
                 run_key=f"approved-{version}-{tags.get('approval.at', '')}",
                 run_config={"ops": {"production_model": {"config": {"version": version}}}},
-                tags={"tumorops/trigger": "approval", "tumorops/approved_by": tags.get("approval.by", "")[:60]},
+                tags={
+                    "tumorops/trigger": "approval",
+                    "tumorops/version": version,
+                    "tumorops/approved_by": tags.get("approval.by", "")[:60],
+                },
             )
         ]
     )
