@@ -172,7 +172,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if listing["warning"]:
         print(f"warning: {listing['warning']}")
     print(
-        f"{'version':>7}  {'aliases':18s}  {'test_acc':>8}  {'macro_f1':>8}  {'gates':12s}  {'approval':28s}  dataset"
+        f"{'version':>7}  {'aliases':27s}  {'test_acc':>8}  {'macro_f1':>8}  {'gates':10s}  {'dataset':15s}  approval"
     )
     for row in listing["versions"]:
         aliases = ",".join(row["aliases"]) + (" *serving" if row["serving"] else "")
@@ -182,7 +182,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         if approval["override"]:
             who += " (override)"
         print(
-            f"{row['version']:>7}  {aliases or '-':18s}  {row['test_accuracy'] or '-':>8}  "
+            f"{row['version']:>7}  {aliases or '-':27s}  {row['test_accuracy'] or '-':>8}  "
             f"{row['test_macro_f1'] or '-':>8}  {gates:10s}  {row['dataset_version'] or '-':15s}  {who}"
         )
         if row["failed_gates"]:

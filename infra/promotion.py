@@ -554,7 +554,7 @@ def rollback(
         by=by,
         reason=reason,
         previous=current["version"],
-        metrics=model_json.get("metrics"),
+        metrics=_headline(model_json.get("evaluation")) or model_json.get("metrics"),
     )
     return PromotionOutcome(
         True, target, current["version"], f"rolled back from {current['version']} to {target}", pointer, model_json
