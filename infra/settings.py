@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     bentoml_port: int = 3001
 
     image_size: int = Field(default=64, description="training and serving image side in pixels (B3 native: 300)")
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 16
     learning_rate: float = 2e-3
     weights: str = Field(default="none", description="imagenet | none | path to a backbone weights file")

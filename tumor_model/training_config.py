@@ -22,7 +22,7 @@ class TrainingConfig:
     """
 
     image_size: int = 64
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 16
     learning_rate: float = 2e-3
     weights: str = "none"

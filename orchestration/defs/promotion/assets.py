@@ -16,6 +16,7 @@ from infra.promotion import (
 )
 from infra.release import read_pointer
 from infra.settings import load_settings
+from infra.storage import ObjectNotFoundError, ObjectStore
 from orchestration.defs.training.assets import LATEST_MANIFEST_KEY, candidate_model
 from orchestration.metadata import table_metadata
 from orchestration.resources import MLflowResource, PromotionPolicyResource, S3Resource
@@ -69,7 +70,12 @@ def promotion_gate(
     registry = mlflow.registry()
     version = _resolve_version(mlflow, config.version)
     store = s3.store()
-    latest = store.get_json(LATEST_MANIFEST_KEY)
+    try:
+        latest = store.get_json(LATEST_MANIFEST_KEY)
+    except ObjectNotFoundError as error:
+        raise dg.Failure(
+            description=f"no dataset manifest ({store.uri(LATEST_MANIFEST_KEY)}): materialize training_dataset first"
+        ) from error
     try:
         report, evaluation = evaluate_candidate(
             registry,
@@ -151,7 +157,7 @@ class PromotionRunConfig(dg.Config):
     override: bool = Field(default=False, description="approve although the gates failed (recorded as an override)")
 
 
-def _audit_table(store, model_name: str) -> dg.TableMetadataValue:  # noqa: ANN001
+def _audit_table(store: ObjectStore, model_name: str) -> dg.TableMetadataValue:
     rows = [
         {
             "at": item.get("at", ""),
