@@ -310,10 +310,7 @@ def evaluate_candidate(
         candidate=candidate, champion=champion, thresholds=thresholds, champion_version=champion_version
     )
     counts = manifest.groupby(["label", "split"]).size()
-    data = {
-        label: {split: int(n) for (lab, split), n in counts.items() if lab == label}
-        for label in manifest["label"].unique()
-    }
+    data = {label: {split: int(n) for (_, split), n in group.items()} for label, group in counts.groupby(level=0)}
     evaluation = {
         "dataset_version": Path(manifest_key).stem,
         "manifest": manifest_key,
@@ -565,7 +562,8 @@ def describe_versions(registry: Registry, store: ObjectStore) -> dict[str, Any]:
     """What `tumorops models list` shows: every version with aliases, metrics, gates, approval; what serves."""
     pointer = read_pointer(store, registry.model_name)
     by_version: dict[str, list[str]] = {}
-    for alias, version in registry.aliases().items():
+    aliases = registry.aliases()
+    for alias, version in aliases.items():
         by_version.setdefault(version, []).append(alias)
     rows = []
     for model_version in registry.versions():
@@ -590,7 +588,7 @@ def describe_versions(registry: Registry, store: ObjectStore) -> dict[str, Any]:
                 "created": model_version.creation_timestamp,
             }
         )
-    champion = registry.aliases().get(CHAMPION)
+    champion = aliases.get(CHAMPION)
     warning = None
     if pointer is not None and champion != pointer["version"]:
         warning = (

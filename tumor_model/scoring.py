@@ -54,11 +54,12 @@ def score_model_file(
     if rows.empty:
         raise ValueError("no images to score: the test split is empty")
     model = keras.saving.load_model(model_file, compile=False)
+    image_size = model_input_size(model)
     rows = rows.sort_values("sha256")
-    images = decode_rows(rows, image_path=image_path, image_size=model_input_size(model))
+    images = decode_rows(rows, image_path=image_path, image_size=image_size)
     probabilities = np.asarray(model.predict(images, batch_size=batch_size, verbose=0))
     labels = np.array([class_index(label) for label in rows["label"]], dtype=int)
     metrics = classification_metrics(y_true=labels, probabilities=probabilities, class_names=CLASS_NAMES)
-    metrics["image_size"] = model_input_size(model)
+    metrics["image_size"] = image_size
     metrics["images_sha256"] = list(rows["sha256"])
     return metrics
