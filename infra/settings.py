@@ -36,11 +36,18 @@ class Settings(BaseSettings):
     dagster_port: int = 3000
     bentoml_port: int = 3001
 
-    image_size: int = Field(default=64, description="training and serving image side in pixels (B3 native: 300)")
-    epochs: int = 16
-    batch_size: int = 16
-    learning_rate: float = 2e-3
-    weights: str = Field(default="none", description="imagenet | none | path to a backbone weights file")
+    training_launcher: str = Field(default="subprocess", description="subprocess | k8s (see the README)")
+    training_image: str | None = Field(default=None, description="k8s launcher: the training image")
+    training_namespace: str = Field(default="tumorops", description="k8s launcher: namespace of training pods")
+    training_gpus: int = Field(default=1, description="k8s launcher: nvidia.com/gpu per training pod")
+    training_profile: str = Field(default="demo", description="named training recipe: demo | cpu | gpu")
+    image_size: int | None = Field(default=None, description="overrides the profile's input side (B3 native: 300)")
+    epochs: int | None = Field(default=None, description="overrides the profile's most epochs")
+    batch_size: int | None = Field(default=None, description="overrides the profile's batch size")
+    learning_rate: float | None = Field(default=None, description="overrides the profile's peak learning rate")
+    weights: str | None = Field(
+        default=None, description="overrides the profile's backbone weights: imagenet | none | file path | s3:// URI"
+    )
     retrain_cron: str = "0 3 * * 1"
     promotion_config: Path | None = Field(
         default=None, description="promotion gates and approval policy (TOML); default: tumor_model/promotion.toml"
