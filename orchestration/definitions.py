@@ -8,6 +8,7 @@ import dagster as dg
 
 from infra.settings import load_settings
 from orchestration.defs import ingestion, promotion, training
+from orchestration.defs.training.resources import TrainingLauncherResource
 from orchestration.resources import MLflowResource, PromotionPolicyResource, S3Resource
 
 
@@ -27,7 +28,12 @@ def build_resources() -> dict[str, object]:
             secret_access_key=_secret("TUMOROPS_AWS_SECRET_ACCESS_KEY"),
         ),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncherResource(
+            mode=settings.training_launcher,
+            image=settings.training_image,
+            namespace=settings.training_namespace,
+            gpus=settings.training_gpus,
+        ),
         "promotion_policy": PromotionPolicyResource(
             config_path=str(settings.promotion_config) if settings.promotion_config else None,
             policy=settings.approval_policy,

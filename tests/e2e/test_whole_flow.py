@@ -17,6 +17,7 @@ from infra.settings import Settings
 from infra.stack import free_port, start_bentoml
 from infra.storage import ObjectStore
 from orchestration.definitions import build_definitions
+from orchestration.defs.training.resources import TrainingLauncherResource
 from orchestration.resources import MLflowResource, PromotionPolicyResource, S3Resource
 from tests.images import jpeg_bytes, write
 from tumor_model.labels import CLASS_NAMES
@@ -50,7 +51,7 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
             secret_access_key=settings.aws_secret_access_key.get_secret_value(),
         ),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncherResource(),
         # A 1-epoch model on 48 images cannot meet clinical gates: this test checks the flow, not the model.
         "promotion_policy": PromotionPolicyResource(config_path=str(lenient)),
     }
