@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -35,19 +36,36 @@ class StackError(RuntimeError):
 _HANDED_OUT_PORTS: set[int] = set()
 
 
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now and was not handed out before by this process.
+    """A port that is free now, was not handed out before by this process, and is outside the ephemeral range.
 
     The kernel may give the same ephemeral port to two binds in a row once the first socket is closed, and a
-    service with a dozen ports (SeaweedFS) then fails with "address already in use".
+    service with a dozen ports (SeaweedFS) then fails with "address already in use". Ports from the ephemeral
+    range are also what every outgoing loopback connection (boto3, MLflow, Dagster's gRPC) binds to, so a service
+    that starts a few seconds after its port was chosen could find it taken; ports below that range are not.
     """
+    low, _ = _ephemeral_port_range()
+    candidates = range(20000, low) if low > 21000 else range(1024, 65536)
+    rng = random.Random()
     for _ in range(200):
+        port = rng.choice(candidates)
+        if port in _HANDED_OUT_PORTS:
+            continue
         with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in _HANDED_OUT_PORTS:
-            _HANDED_OUT_PORTS.add(port)
-            return port
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT_PORTS.add(port)
+        return port
     raise StackError(f"no free port on {host} after 200 tries")
 
 

@@ -20,6 +20,19 @@ class S3Resource(dg.ConfigurableResource):
     access_key_id: str | None = Field(default=None, description="unset to use the standard AWS credential chain")
     secret_access_key: str | None = Field(default=None, description="unset to use the standard AWS credential chain")
 
+    @classmethod
+    def for_settings(cls, settings: Settings) -> S3Resource:
+        """The bucket of `settings` with its credentials as plain values (tests and scripts; deployments pass
+        secrets as `dg.EnvVar`, see `orchestration/definitions.py`)."""
+        secret = settings.aws_secret_access_key
+        return cls(
+            bucket=settings.s3_bucket,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            access_key_id=settings.aws_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+        )
+
     def settings(self) -> Settings:
         return Settings(
             s3_bucket=self.bucket,

@@ -66,7 +66,15 @@ def class_weights(labels: np.ndarray, *, num_classes: int = len(CLASS_NAMES)) ->
     return {i: float(len(labels) / (num_classes * c)) for i, c in enumerate(counts) if c}
 
 
-def learning_rate_at(*, epoch: int, phase_start: int, phase_end: int, peak: float, config: TrainingConfig) -> float:
+def learning_rate_at(
+    *,
+    epoch: int,
+    phase_start: int,
+    phase_end: int,
+    peak: float,
+    config: TrainingConfig,
+    budget_used: float | None = None,
+) -> float:
     """Learning rate of 0-based `epoch` inside a phase: linear ramp, then cosine decay to 5% of the peak.
 
     Args:
@@ -75,6 +83,8 @@ def learning_rate_at(*, epoch: int, phase_start: int, phase_end: int, peak: floa
         phase_end: epoch after the last of the phase.
         peak: the phase's peak learning rate.
         config: supplies `lr_schedule` and `lr_warmup_epochs`.
+        budget_used: share of the time budget already spent (final phase only); the decay follows whichever is
+            further along, epochs or time, so a slow machine still ends the budget at a low rate.
     """
     if config.lr_schedule == "constant":
         return peak
@@ -84,6 +94,8 @@ def learning_rate_at(*, epoch: int, phase_start: int, phase_end: int, peak: floa
     if position < ramp:
         return peak * (position + 1) / (ramp + 1)
     progress = (position - ramp) / max(length - ramp - 1, 1)
+    if budget_used is not None:
+        progress = max(progress, budget_used)
     floor = 0.05 * peak
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -161,8 +173,15 @@ def _make_epoch_callback(
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.started = time.monotonic()
+            budget = config.time_budget_minutes
+            final_phase = phase.end == config.epochs
             rate = learning_rate_at(
-                epoch=epoch, phase_start=phase.start, phase_end=phase.end, peak=phase.peak_learning_rate, config=config
+                epoch=epoch,
+                phase_start=phase.start,
+                phase_end=phase.end,
+                peak=phase.peak_learning_rate,
+                config=config,
+                budget_used=state["train_seconds"] / (budget * 60) if budget and final_phase else None,
             )
             self.model.optimizer.learning_rate.assign(rate)
             state["learning_rate"] = rate
@@ -337,11 +356,13 @@ def train_classifier(
                 initial_epoch=state["epoch"],
                 epochs=phase.end,
                 class_weight=class_weights(train.labels),
+                # The caller's callbacks (metric logging) see an epoch before its checkpoint is written, so an
+                # epoch a resumed run skips has always been logged.
                 callbacks=[
+                    *(callbacks or []),
                     _make_epoch_callback(
                         store=checkpoints, state=state, config=config, phase=phase, work_dir=work_dir, log=log
                     ),
-                    *(callbacks or []),
                 ],
                 verbose=0,
             )

@@ -44,12 +44,7 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
         "[gates.min_sensitivity]\nglioma = 0\n"
     )
     resources = {
-        "s3": S3Resource(
-            bucket=settings.s3_bucket,
-            endpoint_url=settings.s3_endpoint_url,
-            access_key_id=settings.aws_access_key_id,
-            secret_access_key=settings.aws_secret_access_key.get_secret_value(),
-        ),
+        "s3": S3Resource.for_settings(settings),
         "mlflow": MLflowResource(tracking_uri=settings.mlflow_tracking_uri, model_name=settings.model_name),
         "training_launcher": TrainingLauncherResource(),
         # A 1-epoch model on 48 images cannot meet clinical gates: this test checks the flow, not the model.
@@ -76,6 +71,10 @@ def test_batch_to_served_prediction(stack_env: Settings, tmp_path: Path, monkeyp
         assert retrain.success
         trained = retrain.asset_materializations_for_node("candidate_model")[0].metadata
         assert 0.0 <= trained["test_accuracy"].value <= 1.0
+        # The UI shows the plots and links back to MLflow.
+        assert trained["plots"].value.count("data:image/png;base64,") == 3
+        assert "sensitivity" in trained["test_metrics_per_class"].value
+        assert trained["mlflow_run"].value.endswith(trained["mlflow_run_id"].value)
         gate = retrain.asset_materializations_for_node("promotion_gate")[0].metadata
         assert gate["gates_passed"].value is True and gate["approval_status"].value == "approved"
         # The gate re-scored the registered model on the test split: it must agree with the training run.

@@ -17,12 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def _resource(settings: Settings) -> S3Resource:
-    return S3Resource(
-        bucket=settings.s3_bucket,
-        endpoint_url=settings.s3_endpoint_url,
-        access_key_id=settings.aws_access_key_id,
-        secret_access_key=settings.aws_secret_access_key.get_secret_value(),
-    )
+    return S3Resource.for_settings(settings)
 
 
 def _materialize(batch: str, settings: Settings) -> dg.ExecuteInProcessResult:

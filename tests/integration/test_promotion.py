@@ -68,12 +68,7 @@ class World:
         path = self.tmp / f"promotion-{uuid.uuid4().hex[:6]}.toml"
         path.write_text(config.format(policy=policy))
         return {
-            "s3": S3Resource(
-                bucket=self.settings.s3_bucket,
-                endpoint_url=self.settings.s3_endpoint_url,
-                access_key_id=self.settings.aws_access_key_id,
-                secret_access_key=self.settings.aws_secret_access_key.get_secret_value(),
-            ),
+            "s3": S3Resource.for_settings(self.settings),
             "mlflow": MLflowResource(tracking_uri=self.settings.mlflow_tracking_uri, model_name=self.model_name),
             "promotion_policy": PromotionPolicyResource(config_path=str(path)),
         }

@@ -83,12 +83,7 @@ def test_sensor_starts_complete_batches_once_and_ignores_half_uploaded_ones(
     half = f"half-{uuid.uuid4().hex[:8]}"
     ingest_folder(store, _folder(tmp_path), batch=complete)
     store.put_bytes(f"incoming/{half}/glioma/g0.jpg", jpeg_bytes())  # no _READY: still uploading
-    resource = S3Resource(
-        bucket=s3_settings.s3_bucket,
-        endpoint_url=s3_settings.s3_endpoint_url,
-        access_key_id=s3_settings.aws_access_key_id,
-        secret_access_key=s3_settings.aws_secret_access_key.get_secret_value(),
-    )
+    resource = S3Resource.for_settings(s3_settings)
     with dg.instance_for_test() as instance:
 
         def evaluate(cursor: str | None) -> dg.SensorResult:

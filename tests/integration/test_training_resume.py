@@ -119,12 +119,7 @@ def test_a_training_failure_reaches_dagster_with_its_reason_and_is_not_retried(
     store.put_file(key, manifest)
     store.put_json(LATEST_MANIFEST_KEY, {"dataset_version": manifest.stem, "manifest": key, "images": 8})
     resources = {
-        "s3": S3Resource(
-            bucket=stack_env.s3_bucket,
-            endpoint_url=stack_env.s3_endpoint_url,
-            access_key_id=stack_env.aws_access_key_id,
-            secret_access_key=stack_env.aws_secret_access_key.get_secret_value(),
-        ),
+        "s3": S3Resource.for_settings(stack_env),
         "mlflow": MLflowResource(tracking_uri=stack_env.mlflow_tracking_uri, model_name="failing"),
         "training_launcher": TrainingLauncherResource(),
     }
