@@ -137,7 +137,7 @@ DETERMINISTIC_TRAINING_ERRORS = frozenset({"ValueError", "RuntimeError", "FileNo
 
 def _reported_training_error(context: dg.AssetExecutionContext) -> tuple[str | None, str | None]:
     """The exception the training process reported through Pipes before it exited (message, class name)."""
-    records = context.instance.all_logs(context.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+    records = context.instance.all_logs(context.run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
     for record in reversed(records):
         event = record.dagster_event
         if event is None or not (event.message or "").startswith("[pipes] external process pipes closed with exc"):
