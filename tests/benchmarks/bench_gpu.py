@@ -43,7 +43,7 @@ def gpu_name() -> str | None:
     return None
 
 
-def images_per_second(*, policy: str, batch_size: int, steps: int, image_size: int = 300) -> float:
+def images_per_second(*, policy: str, batch_size: int, steps: int, image_size: int = 300, jit: bool = True) -> float:
     """Training images/s of EfficientNetB3 (from scratch, 4 classes) under a dtype policy."""
     import keras
 
@@ -55,7 +55,7 @@ def images_per_second(*, policy: str, batch_size: int, steps: int, image_size: i
     inputs = keras.Input((image_size, image_size, 3))
     outputs = keras.layers.Dense(4, activation="softmax", dtype="float32")(backbone(inputs))
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy", jit_compile=True)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3)).astype(np.float32)
     y = rng.integers(0, 4, batch_size)
@@ -71,13 +71,19 @@ def images_per_second(*, policy: str, batch_size: int, steps: int, image_size: i
 
 
 def measure(
-    *, batch_size: int = 64, steps: int = 30, rounds: int = 2, mixed: str = "mixed_float16", image_size: int = 300
+    *,
+    batch_size: int = 64,
+    steps: int = 30,
+    rounds: int = 2,
+    mixed: str = "mixed_float16",
+    image_size: int = 300,
+    jit: bool = True,
 ) -> dict:
     figures: dict[str, list[float]] = {"float32": [], mixed: []}
     for _ in range(rounds):
         for policy in figures:
             figures[policy].append(
-                images_per_second(policy=policy, batch_size=batch_size, steps=steps, image_size=image_size)
+                images_per_second(policy=policy, batch_size=batch_size, steps=steps, image_size=image_size, jit=jit)
             )
     return figures
 
@@ -113,6 +119,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mixed-policy", default="mixed_float16", help="mixed_float16 or mixed_bfloat16")
     parser.add_argument("--image-size", type=int, default=300)
+    parser.add_argument("--no-jit", action="store_true", help="without XLA (its CPU compile of B3 takes minutes)")
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (a smoke test, not a figure)")
     args = parser.parse_args()
     device = gpu_name()
@@ -124,5 +131,6 @@ if __name__ == "__main__":
         rounds=args.rounds,
         mixed=args.mixed_policy,
         image_size=args.image_size,
+        jit=not args.no_jit,
     )
     print_figures(figures, device=device or "CPU", batch_size=args.batch_size, image_size=args.image_size)
