@@ -54,6 +54,14 @@ def decoded_images(paths: Sequence[str | Path], *, image_size: int) -> Any:
     return dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _labelled_images(paths: Sequence[str | Path], labels: Sequence[int], *, image_size: int) -> Any:
+    """(uint8 image, int32 label) pairs in the order of `paths`."""
+    import tensorflow as tf
+
+    labels_dataset = tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.int32))
+    return tf.data.Dataset.zip((decoded_images(paths, image_size=image_size), labels_dataset))
+
+
 def augment(image: Any, seed: Any, settings: AugmentationSettings = AugmentationSettings()) -> Any:  # noqa: B008
     """Randomly flip, rotate, zoom, brighten and re-contrast one float32 image in [0, 255].
 
@@ -127,9 +135,7 @@ def training_dataset(
         raise ValueError(f"{len(paths)} images but {len(labels)} labels")
     if not len(paths):
         raise ValueError("the training split is empty: ingest more images")
-    images = decoded_images(paths, image_size=image_size)
-    dataset = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.int32))))
-    dataset = dataset.cache(str(cache_file) if cache_file else "")
+    dataset = _labelled_images(paths, labels, image_size=image_size).cache(str(cache_file) if cache_file else "")
     dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if augmentation is not None:
         random_seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
@@ -150,8 +156,7 @@ def evaluation_dataset(paths: Sequence[str | Path], labels: Sequence[int], *, im
     """(float32 image batch, int label batch) pairs in the order of `paths`, cached after the first pass."""
     import tensorflow as tf
 
-    images = decoded_images(paths, image_size=image_size)
-    dataset = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.int32)))).cache()
+    dataset = _labelled_images(paths, labels, image_size=image_size).cache()
     dataset = dataset.map(lambda image, label: (tf.cast(image, tf.float32), label))
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
 

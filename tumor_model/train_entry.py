@@ -213,9 +213,7 @@ def _train(
     return _train_and_register(
         settings=settings,
         config=config,
-        model_config=dataclasses.replace(config, weights=weights_for_model)
-        if weights_for_model != config.weights
-        else config,
+        model_config=dataclasses.replace(config, weights=weights_for_model),
         manifest=manifest,
         files=files,
         version=version,
