@@ -26,6 +26,8 @@ from infra.release import (
     verify_release,
     write_pointer,
 )
+from infra.runtime_release import export_runtimes
+from infra.settings import load_settings
 from infra.storage import ObjectStore
 
 CHAMPION = "champion"
@@ -359,9 +361,13 @@ def promote(
     version: str,
     by: str | None = None,
     referral_confidence: float = 0.8,
+    cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> PromotionOutcome:
     """Release an approved version: export from MLflow, upload and verify, write `production.json`, alias `champion`.
+
+    The release carries the Keras model and its OpenVINO IR, with the IR's parity figures on the gates' test split
+    (`infra.runtime_release`); `cache_dir` is the local image cache those test images are read through.
 
     Idempotent: promoting the version already in production only repairs the alias if a crash left it behind.
 
@@ -402,6 +408,14 @@ def promote(
             raise PromotionError(f"version {version} has no .keras file in its MLflow artifacts ({local})")
         run = registry.client.get_run(model_version.run_id)
         gate_evaluation = _download_gate_evaluation(registry, model_version.run_id, workdir / "gates")
+        runtime_files, runtimes = export_runtimes(
+            keras_files[0],
+            workdir / "runtimes",
+            store=store,
+            manifest_key=gate_evaluation.get("manifest") if gate_evaluation else None,
+            cache_dir=cache_dir or load_settings().home_dir / "cache" / "images",
+            log=log,
+        )
         test_metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test_")}
         info = {
             "model_name": registry.model_name,
@@ -419,8 +433,8 @@ def promote(
             "gates": gate_evaluation["report"] if gate_evaluation else None,
             "approval": approval,
             "referral_confidence": referral_confidence,
-            "runtime": "keras",
             "model_file": "model.keras",
+            "runtimes": runtimes,
         }
         if info["evaluation"]:
             info["evaluation"] = {k: v for k, v in info["evaluation"].items() if k != "images_sha256"}
@@ -433,7 +447,7 @@ def promote(
             store,
             model_name=registry.model_name,
             version=version,
-            files={"model.keras": keras_files[0], "model_card.md": card_path},
+            files={"model.keras": keras_files[0], "model_card.md": card_path, **runtime_files},
             model_info=info,
         )
     failpoint("promote.before_pointer")

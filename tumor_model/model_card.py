@@ -59,6 +59,11 @@ def render_model_card(info: dict[str, Any]) -> str:
         lines.append("- Training: " + ", ".join(f"{k} = {v}" for k, v in sorted(training.items())) + ".")
     if info.get("referral_confidence") is not None:
         lines.append(f"- Referral threshold: confidence below {info['referral_confidence']:.2f} is flagged.")
+    for runtime, figures in sorted((info.get("runtimes") or {}).items()):
+        if "passed" in figures:
+            verdict = "may serve" if figures["passed"] else "may not serve"
+            speed = f", {figures['images_per_second']} images/s" if "images_per_second" in figures else ""
+            lines.append(f"- Runtime `{runtime}` {verdict}: {figures.get('reason', '')}{speed}.")
 
     lines += ["", "## Data", "", f"Dataset version `{info.get('dataset_version', 'unknown')}`."]
     data = info.get("data") or {}
