@@ -252,8 +252,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = cli_settings()
     url = (args.url or f"http://{settings.host}:{settings.bentoml_port}").rstrip("/")
     path = Path(args.image)
+    headers = {"Authorization": f"Bearer {settings.serving_token.get_secret_value()}"} if settings.serving_token else {}
     with open(path, "rb") as handle:
-        response = httpx.post(f"{url}/classify", files={"image": (path.name, handle, _content_type(path))}, timeout=60)
+        response = httpx.post(
+            f"{url}/classify", files={"image": (path.name, handle, _content_type(path))}, headers=headers, timeout=60
+        )
     if response.status_code != 200:
         print(f"error {response.status_code}: {response.text}", file=sys.stderr)
         return 1
@@ -262,7 +265,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _content_type(path: Path) -> str:
-    return {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "image/*")
+    known = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".dcm": "application/dicom"}
+    return known.get(path.suffix.lower(), "application/octet-stream")  # the service then reads the bytes
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

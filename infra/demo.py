@@ -157,10 +157,15 @@ def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float 
 
     Image.fromarray(synthetic_slice(label="pituitary", index=100_000, size=256)).save(probe)
     result = None
+    token = settings.serving_token.get_secret_value() if settings.serving_token else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
         with open(probe, "rb") as handle:
             response = httpx.post(
-                f"{urls['bentoml']}/classify", files={"image": (probe.name, handle, "image/png")}, timeout=60
+                f"{urls['bentoml']}/classify",
+                files={"image": (probe.name, handle, "image/png")},
+                headers=headers,
+                timeout=60,
             )
         if response.status_code == 200 and response.json()["model_version"] == pointer["version"]:
             result = response.json()
@@ -171,7 +176,9 @@ def run_demo(settings: Settings, *, images_per_class: int = 120, timeout: float 
 
     print(f"5/5 classified {probe} (a pituitary slice the model never saw):")
     print(json.dumps(result, indent=2))
-    print(f"\ntry it:  curl -F image=@{probe} {urls['bentoml']}/classify")
+    auth = ' -H "Authorization: Bearer $TUMOROPS_SERVING_TOKEN"' if token else ""
+    print(f"\ntry it:  curl{auth} -F image=@{probe} {urls['bentoml']}/classify")
+    print(f"         curl{auth} -F image=@{probe} {urls['bentoml']}/explain -o gradcam.png")
     print_urls(urls)
     print(f"\ndemo finished in {time.monotonic() - started:.0f}s; `make down` (or `tumorops down`) stops the stack")
     return 0

@@ -53,7 +53,19 @@ class Settings(BaseSettings):
         default=None, description="promotion gates and approval policy (TOML); default: tumor_model/promotion.toml"
     )
     approval_policy: str | None = Field(default=None, description="auto | manual; overrides the config file's")
-    serving_poll_seconds: float = 10.0
+    serving_poll_seconds: float = Field(default=10.0, description="how often the service checks production.json")
+    serving_runtime: str = Field(
+        default="auto",
+        description="auto (fastest that passed parity) | keras | openvino-fp32 | openvino-bf16",
+    )
+    serving_threads: int | None = Field(default=None, description="CPU threads of the OpenVINO runtime")
+    serving_token: SecretStr | None = Field(
+        default=None, description="bearer token required on every API call when set (admin reload: always)"
+    )
+    serving_max_upload_bytes: int = Field(default=20_000_000, description="larger files get 413")
+    serving_max_request_bytes: int = Field(default=100_000_000, description="larger request bodies get 413")
+    serving_max_image_pixels: int = Field(default=40_000_000, description="images declaring more pixels get 413")
+    serving_max_batch_images: int = Field(default=32, description="most images in one /classify_batch call")
 
     @cached_property
     def home_dir(self) -> Path:

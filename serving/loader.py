@@ -1,10 +1,16 @@
-"""Loads the production release named by `models/<name>/production.json` from S3, verified by sha256."""
+"""Loads the production release named by `models/<name>/production.json` from S3, verified by sha256.
+
+A release is downloaded into a staging folder, every file checked against `model.json`, then loaded, given its
+runtime (`tumor_model.runtimes.choose_runtime`) and warmed up. Only a release that passed all of that is handed to
+the service, which swaps it in with one reference assignment.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +18,25 @@ import numpy as np
 
 from infra.release import download_release, read_pointer
 from infra.storage import ObjectStore
+from tumor_model.runtimes import (
+    KERAS,
+    OPENVINO_XML,
+    RUNTIMES,
+    KerasPredictor,
+    OpenVinoPredictor,
+    Predictor,
+    choose_runtime,
+    cpu_supports,
+)
 
 logger = logging.getLogger("tumorops.serving")
 
 
-@dataclass(frozen=True)
+class ReleaseLoadError(RuntimeError):
+    """A release could not be made ready to serve; the service keeps what it has."""
+
+
+@dataclass
 class LoadedModel:
     """A verified, warmed-up release ready to answer requests."""
 
@@ -25,16 +45,54 @@ class LoadedModel:
     image_size: int
     info: dict[str, Any]
     pointer: dict[str, Any]
-    model: Any
+    keras_model: Any
+    predictor: Predictor
+    runtime_reason: str
+    _explainer: Any = field(default=None, repr=False)
+    _explainer_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def runtime(self) -> str:
+        return self.predictor.name
+
+    @property
+    def referral_confidence(self) -> float:
+        return float(self.info.get("referral_confidence") or 0.0)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(batch, verbose=0))
+        """Class probabilities of a batch of preprocessed images."""
+        return self.predictor.predict(batch)
+
+    def explainer(self) -> Any:
+        """Grad-CAM on the Keras model (built on first use: most deployments never call /explain)."""
+        with self._explainer_lock:
+            if self._explainer is None:
+                from tumor_model.explain import GradCam
+
+                self._explainer = GradCam(self.keras_model)
+            return self._explainer
 
 
-def load_release(store: ObjectStore, pointer: dict[str, Any], cache_dir: Path) -> LoadedModel:
+def load_release(
+    store: ObjectStore,
+    pointer: dict[str, Any],
+    cache_dir: Path,
+    *,
+    runtime: str = "auto",
+    threads: int | None = None,
+) -> LoadedModel:
     """Download, verify, load and warm up the release a pointer names.
 
-    The files land in a fresh folder first and are moved into the cache only once every sha256 matched.
+    Args:
+        store: the bucket.
+        pointer: the content of `production.json`.
+        cache_dir: where releases are kept locally (one folder per version).
+        runtime: `auto` or a runtime name (see `tumor_model.runtimes.RUNTIMES`).
+        threads: CPU threads of the OpenVINO runtime (None: every core).
+
+    Raises:
+        ReleaseVerificationError: a file does not match its sha256.
+        ReleaseLoadError: the files verify but do not load or do not answer.
     """
     import keras
 
@@ -45,12 +103,45 @@ def load_release(store: ObjectStore, pointer: dict[str, Any], cache_dir: Path) -
     info = download_release(store, pointer, staging)
     shutil.rmtree(final, ignore_errors=True)
     staging.replace(final)
-    model = keras.saving.load_model(final / info.get("model_file", "model.keras"), compile=False)
-    image_size = int(info["image_size"])
-    model.predict(np.zeros((1, image_size, image_size, 3), np.float32), verbose=0)  # warm-up
+    try:
+        image_size = int(info["image_size"])
+        labels = tuple(info["labels"])
+        keras_model = keras.saving.load_model(final / info.get("model_file", "model.keras"), compile=False)
+        parity = info.get("runtimes") or {}
+        chosen, reason = choose_runtime(
+            requested=runtime, parity=parity, supported={name: _supported(name) for name in RUNTIMES}
+        )
+        predictor: Predictor = (
+            KerasPredictor(keras_model)
+            if chosen == KERAS
+            else OpenVinoPredictor(final / OPENVINO_XML, runtime=chosen, threads=threads)
+        )
+        warm = predictor.predict(np.zeros((1, image_size, image_size, 3), np.float32))
+    except (KeyError, ValueError, OSError, RuntimeError) as error:
+        raise ReleaseLoadError(f"release {version} does not load: {type(error).__name__}: {error}") from error
+    if warm.shape != (1, len(labels)) or not np.all(np.isfinite(warm)):
+        raise ReleaseLoadError(
+            f"release {version} answers with shape {warm.shape} for {len(labels)} labels, or non-finite values"
+        )
+    logger.info("release %s: runtime %s (%s)", version, chosen, reason)
     return LoadedModel(
-        version=version, labels=tuple(info["labels"]), image_size=image_size, info=info, pointer=pointer, model=model
+        version=version,
+        labels=labels,
+        image_size=image_size,
+        info=info,
+        pointer=pointer,
+        keras_model=keras_model,
+        predictor=predictor,
+        runtime_reason=reason,
     )
+
+
+def _supported(runtime: str) -> bool:
+    try:
+        return cpu_supports(runtime)
+    except (ImportError, RuntimeError) as error:
+        logger.warning("cannot query OpenVINO for %s: %s", runtime, error)
+        return runtime == KERAS
 
 
 def newer_pointer(store: ObjectStore, model_name: str, current: LoadedModel | None) -> dict[str, Any] | None:
