@@ -203,11 +203,13 @@ def print_figures(result: dict[str, Any]) -> tuple[float, float]:
         print(f"parity {name}: {figures.get('reason')}")
     print(f"{'':<34}{'images/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'failed':>8}")
     for batch, figures in result["in_process"].items():
+        label = f"(a) in-process, batch {batch} (ms per batch)"
         print(
-            f"(a) in-process, batch {batch:<17}{figures['throughput']:>10.1f}"
+            f"{label:<34}{figures['throughput']:>10.1f}"
             f"{figures['p50'] * 1000:>10.0f}{figures['p99'] * 1000:>10.0f}{'':>8}"
         )
-    for label, load in (("(b) service, 16 clients", service), ("(c) naive FastAPI, 16 clients", naive)):
+    clients = result["clients"]
+    for label, load in ((f"(b) service, {clients} clients", service), (f"(c) naive FastAPI, {clients} clients", naive)):
         print(
             f"{label:<34}{load.throughput:>10.1f}{load.percentile(50) * 1000:>10.0f}"
             f"{load.percentile(99) * 1000:>10.0f}{load.failed:>8}"

@@ -22,7 +22,7 @@ def test_gradcam_explains_the_predicted_class_with_a_normalised_heatmap() -> Non
     assert explanation.class_index == int(np.argmax(expected))
     np.testing.assert_allclose(explanation.probabilities, expected, atol=1e-5)
     assert explanation.heatmap.shape == (3, 3)  # B3 downsamples by 32
-    assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() <= 1.0
+    assert explanation.heatmap.min() >= 0.0 and explanation.heatmap.max() <= 1.0
     other = GradCam(model).explain(image, class_index=(explanation.class_index + 1) % 4)
     assert other.class_index == (explanation.class_index + 1) % 4
 
