@@ -55,6 +55,21 @@ class Registry:
 
             self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
+    def download_model(self, version: str, destination: Path) -> Path:
+        """Download a version's model artifacts; return the local folder.
+
+        The registry resolves the version to its artifact location first: a `models:/` URI would be resolved
+        against MLflow's default registry (a local SQLite file) when MLFLOW_TRACKING_URI is not exported.
+        """
+        import mlflow
+
+        source = self.client.get_model_version_download_uri(self.model_name, str(version))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(destination), tracking_uri=self.tracking_uri
+            )
+        )
+
     def version(self, version: str) -> Any:
         """The model version, or a PromotionError naming what exists."""
         from mlflow.exceptions import MlflowException
@@ -267,7 +282,6 @@ def evaluate_candidate(
     """
     import io
 
-    import mlflow
     import pandas as pd
 
     from infra.image_cache import cached_image_path, fetch_manifest_images
@@ -289,13 +303,7 @@ def evaluate_candidate(
     pointer = read_pointer(store, registry.model_name)
     champion_version = pointer["version"] if pointer and pointer["version"] != version else None
     with tempfile.TemporaryDirectory(prefix="tumorops-gates-") as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{registry.model_name}/{version}",
-                dst_path=str(Path(tmp) / "candidate"),
-                tracking_uri=registry.tracking_uri,
-            )
-        )
+        local = registry.download_model(version, Path(tmp) / "candidate")
         keras_files = sorted(local.rglob("*.keras"))
         if not keras_files:
             raise PromotionError(f"version {version} has no .keras file in its MLflow artifacts")
@@ -374,7 +382,6 @@ def promote(
     Raises:
         PromotionError: the version does not exist or is not approved, or its MLflow artifacts hold no model.
     """
-    import mlflow
 
     from tumor_model.model_card import render_model_card
 
@@ -396,13 +403,7 @@ def promote(
     with tempfile.TemporaryDirectory(prefix="tumorops-release-") as tmp:
         workdir = Path(tmp)
         log(f"exporting version {version} from MLflow")
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{registry.model_name}/{version}",
-                dst_path=str(workdir / "mlflow"),
-                tracking_uri=registry.tracking_uri,
-            )
-        )
+        local = registry.download_model(version, workdir / "mlflow")
         keras_files = sorted(local.rglob("*.keras"))
         if not keras_files:
             raise PromotionError(f"version {version} has no .keras file in its MLflow artifacts ({local})")

@@ -100,12 +100,9 @@ class ReloadResult(BaseModel):
     message: str
 
 
-def _log_to_stderr() -> None:
-    """Release loads, swaps and refusals go to the service log (BentoML configures only its own loggers)."""
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] [%(name)s] %(message)s"))
-        logger.addHandler(handler)
+def _log_release_events() -> None:
+    """Release loads, swaps and refusals reach BentoML's log handlers (the default WARNING level hides them)."""
+    if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)
 
 
@@ -136,7 +133,7 @@ class TumorClassifier:
     """Brain-tumour MRI classifier (glioma, meningioma, no tumour, pituitary)."""
 
     def __init__(self) -> None:
-        _log_to_stderr()
+        _log_release_events()
         self.settings = load_settings()
         self.store = ObjectStore.from_settings(self.settings)
         self.cache_dir = self.settings.home_dir / "serving" / "releases"

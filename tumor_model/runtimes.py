@@ -182,8 +182,13 @@ def parity_report(
         passed = agreement == 1.0 and max_diff <= FP32_MAX_PROBABILITY_DIFF
         rule = f"fp32: identical top-1 and probabilities within {FP32_MAX_PROBABILITY_DIFF:g}"
     verdict = "passed" if passed else "failed"
+    ran_at = (
+        f"ran at {effective_precision}; "
+        if _OPENVINO_PRECISIONS.get(runtime, effective_precision) != effective_precision
+        else ""
+    )
     reason = (
-        f"{verdict} {rule} (top-1 agreement {agreement:.2%}, max probability difference {max_diff:.2g}, "
+        f"{ran_at}{verdict} {rule} (top-1 agreement {agreement:.2%}, max probability difference {max_diff:.2g}, "
         f"accuracy {accuracy:.4f} vs {reference_accuracy:.4f})"
     )
     return ParityReport(
