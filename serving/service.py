@@ -110,6 +110,10 @@ class Overloaded(RuntimeError):
     """The adaptive batcher refused work it could not finish within its latency bound."""
 
 
+NO_MODEL = "no model is loaded yet: nothing has been promoted to production"
+OVERLOADED = "the service is overloaded: retry shortly"
+
+
 def _error(status: int, message: str) -> JSONResponse:
     headers = {"Retry-After": "1"} if status == HTTPStatus.SERVICE_UNAVAILABLE else None
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -119,7 +123,7 @@ async def _model_info_endpoint(request: Request) -> Response:
     service = bentoml.get_current_service()
     info = service.model_info() if service is not None else None
     if info is None:
-        return _error(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded yet: nothing has been promoted to production")
+        return _error(HTTPStatus.SERVICE_UNAVAILABLE, NO_MODEL)
     return JSONResponse(info.model_dump())
 
 
@@ -250,14 +254,18 @@ class TumorClassifier:
     # --- decoding -------------------------------------------------------------------------------------------
 
     def _pixels(self, upload: ImageUpload, model: LoadedModel) -> np.ndarray:
-        """The model input for one upload. Raises `UploadRejected` with the status to answer."""
-        data = checked_upload(upload, max_bytes=self.settings.serving_max_upload_bytes)
+        """The model input for one upload. Raises (and counts) `UploadRejected` with the status to answer."""
         try:
-            image = decode_image(data, max_pixels=self.settings.serving_max_image_pixels)
-        except ImageTooLargeError as error:
-            raise UploadRejected(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{upload.name}: {error}") from error
-        except ImageDecodeError as error:
-            raise UploadRejected(HTTPStatus.BAD_REQUEST, f"{upload.name}: {error}") from error
+            data = checked_upload(upload, max_bytes=self.settings.serving_max_upload_bytes)
+            try:
+                image = decode_image(data, max_pixels=self.settings.serving_max_image_pixels)
+            except ImageTooLargeError as error:
+                raise UploadRejected(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{upload.name}: {error}") from error
+            except ImageDecodeError as error:
+                raise UploadRejected(HTTPStatus.BAD_REQUEST, f"{upload.name}: {error}") from error
+        except UploadRejected as rejected:
+            metrics.REJECTED_UPLOADS.labels(status=str(rejected.status)).inc()
+            raise
         return preprocess_image(image, image_size=model.image_size)
 
     def _classification(self, model: LoadedModel, probabilities: list[float]) -> Classification:
@@ -333,16 +341,15 @@ class TumorClassifier:
         """
         model = self.current
         if model is None:
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded yet: nothing is promoted to production")
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, NO_MODEL)
         try:
             pixels = await asyncio.to_thread(self._pixels, image, model)
         except UploadRejected as rejected:
-            metrics.REJECTED_UPLOADS.labels(status=str(rejected.status)).inc()
             return _error(rejected.status, str(rejected))
         try:
             [probabilities] = await self._infer([(model, pixels)])
         except Overloaded:
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the service is overloaded: retry shortly")
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, OVERLOADED)
         answer = self._classification(model, probabilities)
         self._count([answer])
         return answer
@@ -356,7 +363,7 @@ class TumorClassifier:
         """
         model = self.current
         if model is None:
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded yet: nothing is promoted to production")
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, NO_MODEL)
         if not images:
             return _error(HTTPStatus.BAD_REQUEST, "no images: send one or more files in the field `images`")
         limit = self.settings.serving_max_batch_images
@@ -369,13 +376,12 @@ class TumorClassifier:
                 decoded.append((index, await asyncio.to_thread(self._pixels, upload, model)))
                 items.append(BatchItem(filename=upload.name, status=HTTPStatus.OK))
             except UploadRejected as rejected:
-                metrics.REJECTED_UPLOADS.labels(status=str(rejected.status)).inc()
                 items.append(BatchItem(filename=upload.name, status=rejected.status, error=str(rejected)))
         if decoded:
             try:
                 answers = await self._infer([(model, pixels) for _, pixels in decoded])
             except Overloaded:
-                return _error(HTTPStatus.SERVICE_UNAVAILABLE, "the service is overloaded: retry shortly")
+                return _error(HTTPStatus.SERVICE_UNAVAILABLE, OVERLOADED)
             for (index, _), probabilities in zip(decoded, answers, strict=True):
                 items[index].classification = self._classification(model, probabilities)
             self._count([items[index].classification for index, _ in decoded])
@@ -390,11 +396,10 @@ class TumorClassifier:
         """
         model = self.current
         if model is None:
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, "no model is loaded yet: nothing is promoted to production")
+            return _error(HTTPStatus.SERVICE_UNAVAILABLE, NO_MODEL)
         try:
             pixels = await asyncio.to_thread(self._pixels, image, model)
         except UploadRejected as rejected:
-            metrics.REJECTED_UPLOADS.labels(status=str(rejected.status)).inc()
             return _error(rejected.status, str(rejected))
         png, answer = await asyncio.to_thread(self._explain, model, pixels)
         return Response(
