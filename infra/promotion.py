@@ -374,8 +374,8 @@ def promote(
 ) -> PromotionOutcome:
     """Release an approved version: export from MLflow, upload and verify, write `production.json`, alias `champion`.
 
-    The release carries the Keras model and its OpenVINO IR, with the IR's parity figures on the gates' test split
-    (`infra.runtime_release`); `cache_dir` is the local image cache those test images are read through.
+    The release carries the Keras model, its OpenVINO IR and its ONNX graph, with their parity figures on the gates'
+    test split (`infra.runtime_release`); `cache_dir` is the local image cache those test images are read through.
 
     Idempotent: promoting the version already in production only repairs the alias if a crash left it behind.
 

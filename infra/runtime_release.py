@@ -1,4 +1,4 @@
-"""Release-time exports for fast CPU serving: the OpenVINO IR of a version and its parity figures.
+"""Release-time exports for fast CPU serving: the OpenVINO IR and ONNX graph of a version, and their parity figures.
 
 Promotion calls `export_runtimes` before it uploads a release. The figures are measured on the test split of the
 dataset the gates used, recorded in `model.json` under `runtimes`, and read by the service to decide which runtime
@@ -31,29 +31,22 @@ def _timed_predict(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarr
 
 
 def measure_runtimes(
-    model: Any, xml: Path, images: np.ndarray, y_true: np.ndarray, *, log: Callable[[str], None] = print
+    model: Any, exports_dir: Path, images: np.ndarray, y_true: np.ndarray, *, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Every runtime's parity with the Keras model, and its speed, on the same preprocessed images.
 
     Args:
         model: the Keras classifier.
-        xml: its OpenVINO IR.
+        exports_dir: the folder `tumor_model.runtimes.write_exports` wrote its exports to.
         images: preprocessed images (n, side, side, 3).
         y_true: their class indices.
         log: progress messages.
 
     Returns:
-        The `runtimes` entry of `model.json`: runtime name -> figures (OpenVINO: `ParityReport.to_dict()` plus
-        images/s and the speed-up over Keras, measured here at batch 16).
+        The `runtimes` entry of `model.json`: runtime name -> figures (exports: `ParityReport.to_dict()` plus
+        images/s and the speed-up over Keras, measured on the promoting machine at batch 16).
     """
-    from tumor_model.runtimes import (
-        KERAS,
-        OPENVINO_BF16,
-        OPENVINO_FP32,
-        KerasPredictor,
-        OpenVinoPredictor,
-        parity_report,
-    )
+    from tumor_model.runtimes import EXPORTED_RUNTIMES, KERAS, KerasPredictor, load_predictor, parity_report
 
     reference, keras_speed = _timed_predict(KerasPredictor(model).predict, images)
     runtimes: dict[str, Any] = {
@@ -63,8 +56,8 @@ def measure_runtimes(
             "images_per_second": round(keras_speed, 2),
         }
     }
-    for runtime in (OPENVINO_FP32, OPENVINO_BF16):
-        predictor = OpenVinoPredictor(xml, runtime=runtime)
+    for runtime in EXPORTED_RUNTIMES:
+        predictor = load_predictor(runtime, exports_dir, keras_model=model)
         outputs, speed = _timed_predict(predictor.predict, images)
         report = parity_report(
             runtime=runtime,
@@ -91,7 +84,7 @@ def export_runtimes(
     cache_dir: Path,
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Export the OpenVINO IR of a Keras model and measure every runtime's parity on the test split.
+    """Write every export of a Keras model and measure each runtime's parity on the test split.
 
     Args:
         keras_file: the version's `.keras` archive.
@@ -109,16 +102,15 @@ def export_runtimes(
     import pandas as pd
 
     from tumor_model.labels import class_index
-    from tumor_model.runtimes import KERAS, OPENVINO_BF16, OPENVINO_BIN, OPENVINO_FP32, OPENVINO_XML, export_openvino
+    from tumor_model.runtimes import EXPORTED_RUNTIMES, KERAS, write_exports
     from tumor_model.scoring import decode_rows, model_input_size
 
     model = keras.saving.load_model(keras_file, compile=False)
-    log("exporting the OpenVINO IR of the model")
-    xml = export_openvino(model, workdir / "openvino")
-    files = {OPENVINO_XML: xml, OPENVINO_BIN: xml.with_suffix(".bin")}
+    log("exporting the model for OpenVINO and ONNX Runtime")
+    files = write_exports(model, workdir)
     if manifest_key is None:
         runtimes: dict[str, Any] = {KERAS: {}}
-        for runtime in (OPENVINO_FP32, OPENVINO_BF16):
+        for runtime in EXPORTED_RUNTIMES:
             runtimes[runtime] = {"passed": False, "reason": "no test split to measure parity on"}
         return files, runtimes
     manifest = pd.read_parquet(io.BytesIO(store.get_bytes(manifest_key)))
@@ -129,4 +121,4 @@ def export_runtimes(
     )
     y_true = np.array([class_index(label) for label in rows["label"]], dtype=int)
     log(f"measuring runtime parity on {len(rows)} test images")
-    return files, measure_runtimes(model, xml, images, y_true, log=log)
+    return files, measure_runtimes(model, workdir, images, y_true, log=log)

@@ -56,9 +56,11 @@ class Settings(BaseSettings):
     serving_poll_seconds: float = Field(default=10.0, description="how often the service checks production.json")
     serving_runtime: str = Field(
         default="auto",
-        description="auto (fastest that passed parity) | keras | openvino-fp32 | openvino-bf16",
+        description="auto (fastest here that passed parity) | keras | onnxruntime-fp32 | openvino-fp32 | openvino-bf16",
     )
-    serving_threads: int | None = Field(default=None, description="CPU threads of the OpenVINO runtime")
+    serving_lanes: int | None = Field(
+        default=None, description="parts each batch is split into, run in parallel (default: one per core)"
+    )
     serving_token: SecretStr | None = Field(
         default=None, description="bearer token required on every API call when set (admin reload: always)"
     )

@@ -20,16 +20,19 @@ from infra.release import download_release, read_pointer
 from infra.storage import ObjectStore
 from tumor_model.runtimes import (
     KERAS,
-    OPENVINO_XML,
     RUNTIMES,
-    KerasPredictor,
-    OpenVinoPredictor,
     Predictor,
     choose_runtime,
     cpu_supports,
+    eligible_runtimes,
+    load_predictor,
+    time_exports,
 )
 
 logger = logging.getLogger("tumorops.serving")
+
+# Images per timed call when the service compares runtimes: the adaptive batcher's batch size under load.
+PROBE_BATCH = 8
 
 
 class ReleaseLoadError(RuntimeError):
@@ -79,7 +82,7 @@ def load_release(
     cache_dir: Path,
     *,
     runtime: str = "auto",
-    threads: int | None = None,
+    lanes: int | None = None,
 ) -> LoadedModel:
     """Download, verify, load and warm up the release a pointer names.
 
@@ -87,8 +90,9 @@ def load_release(
         store: the bucket.
         pointer: the content of `production.json`.
         cache_dir: where releases are kept locally (one folder per version).
-        runtime: `auto` or a runtime name (see `tumor_model.runtimes.RUNTIMES`).
-        threads: CPU threads of the OpenVINO runtime (None: every core).
+        runtime: `auto` (the fastest here of the runtimes that passed parity, timed on this machine) or a runtime
+            name (see `tumor_model.runtimes.RUNTIMES`).
+        lanes: parallel parts each batch is split into (None: one per core).
 
     Raises:
         ReleaseVerificationError: a file does not match its sha256.
@@ -108,13 +112,24 @@ def load_release(
         labels = tuple(info["labels"])
         keras_model = keras.saving.load_model(final / info.get("model_file", "model.keras"), compile=False)
         parity = info.get("runtimes") or {}
-        chosen, reason = choose_runtime(
-            requested=runtime, parity=parity, supported={name: _supported(name) for name in RUNTIMES}
-        )
-        predictor: Predictor = (
-            KerasPredictor(keras_model)
-            if chosen == KERAS
-            else OpenVinoPredictor(final / OPENVINO_XML, runtime=chosen, threads=threads)
+        supported = {name: _supported(name) for name in RUNTIMES}
+        timed: dict[str, tuple[Predictor, float]] = {}
+        if runtime == "auto":
+            timed = time_exports(
+                eligible_runtimes(parity=parity, supported=supported),
+                final,
+                image_size=image_size,
+                batch=PROBE_BATCH,
+                lanes=lanes,
+                log=logger.warning,
+            )
+        if timed:
+            speeds_here = ", ".join(f"{name} {speed:.1f} images/s" for name, (_, speed) in timed.items())
+            logger.info("release %s, runtime speeds here at batch %d: %s", version, PROBE_BATCH, speeds_here)
+        speeds = {name: speed for name, (_, speed) in timed.items()}
+        chosen, reason = choose_runtime(requested=runtime, parity=parity, supported=supported, speeds=speeds)
+        predictor = (
+            timed[chosen][0] if chosen in timed else load_predictor(chosen, final, keras_model=keras_model, lanes=lanes)
         )
         warm = predictor.predict(np.zeros((1, image_size, image_size, 3), np.float32))
     except (KeyError, ValueError, OSError, RuntimeError) as error:

@@ -13,36 +13,35 @@ from infra.runtime_release import measure_runtimes
 from infra.storage import ObjectStore
 from tumor_model.labels import CLASS_NAMES
 from tumor_model.preprocessing import PREPROCESSING_ID
-from tumor_model.runtimes import OPENVINO_BIN, OPENVINO_XML
 
 IMAGE_SIZE = 32
 
 
 @dataclass(frozen=True)
 class TinyRelease:
-    """Files of one tiny model (Keras and OpenVINO) and its measured runtime parity."""
+    """Files of one tiny model (Keras, OpenVINO, ONNX) and its measured runtime parity."""
 
     files: dict[str, Path]
     runtimes: dict[str, Any]
 
 
 def build_tiny_release(directory: Path, *, seed: int = 0) -> TinyRelease:
-    """A 32-pixel EfficientNetB3 classifier with random weights, its OpenVINO IR and parity on random images."""
+    """A 32-pixel EfficientNetB3 classifier with random weights, its exports and their parity on random images."""
     import keras
 
     from tumor_model.model import build_classifier
-    from tumor_model.runtimes import export_openvino
+    from tumor_model.runtimes import write_exports
 
     keras.utils.set_random_seed(seed)
     model = build_classifier(num_classes=len(CLASS_NAMES), image_size=IMAGE_SIZE)
     directory.mkdir(parents=True, exist_ok=True)
     keras_file = directory / "model.keras"
     model.save(keras_file)
-    xml = export_openvino(model, directory / "openvino")
+    exports = write_exports(model, directory)
     rng = np.random.default_rng(seed)
     images = rng.uniform(0, 255, (48, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
-    runtimes = measure_runtimes(model, xml, images, rng.integers(0, len(CLASS_NAMES), 48), log=lambda _: None)
-    files = {"model.keras": keras_file, OPENVINO_XML: xml, OPENVINO_BIN: xml.with_suffix(".bin")}
+    runtimes = measure_runtimes(model, directory, images, rng.integers(0, len(CLASS_NAMES), 48), log=lambda _: None)
+    files = {"model.keras": keras_file, **exports}
     return TinyRelease(files=files, runtimes=runtimes)
 
 

@@ -1,13 +1,24 @@
-"""Inference runtimes for a trained classifier: Keras itself, and an OpenVINO export for fast CPU serving.
+"""Inference runtimes for a trained classifier: Keras itself, and exports for fast CPU serving.
 
-A release carries the Keras model and an OpenVINO IR of it. Whether a runtime may serve is decided at release time
-by `parity_report`, on the test split: the fp32 export must reproduce the Keras model's top-1 class on every image
-and its probabilities within `FP32_MAX_PROBABILITY_DIFF`; a reduced-precision one must agree on the top-1 class for
-at least `REDUCED_MIN_TOP1_AGREEMENT` of the images and lose at most `REDUCED_MAX_ACCURACY_DROP` of accuracy.
+A release carries the Keras model, an OpenVINO IR and an ONNX graph of it. Whether a runtime may serve is decided at
+release time by `parity_report`, on the test split: an fp32 export must reproduce the Keras model's top-1 class on
+every image and its probabilities within `FP32_MAX_PROBABILITY_DIFF`; a reduced-precision one must agree on the
+top-1 class for at least `REDUCED_MIN_TOP1_AGREEMENT` of the images and lose at most `REDUCED_MAX_ACCURACY_DROP` of
+accuracy. Which of those that passed is fastest depends on the CPU (on a 2-core AMD EPYC, ONNX Runtime ran
+EfficientNetB3 about 1.5x as fast as OpenVINO fp32), so the service times them where it runs and hands the figures
+to `choose_runtime`.
+
+Exports split a batch into parts of at most `LANE_PART_IMAGES` images that `lanes` single-threaded workers (one per
+core) run in parallel: on a small CPU that beats one batch spread over every core, whose threads wait for each other
+at every layer.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,13 +32,31 @@ REDUCED_MAX_ACCURACY_DROP = 0.005
 OPENVINO_DIR = "openvino"
 OPENVINO_XML = f"{OPENVINO_DIR}/model.xml"
 OPENVINO_BIN = f"{OPENVINO_DIR}/model.bin"
+ONNX_FILE = "onnx/model.onnx"
 
-# Runtime names as configured and as recorded in model.json, fastest first.
+# Runtime names as configured and as recorded in model.json, in order of preference when no speed is measured.
 KERAS = "keras"
 OPENVINO_FP32 = "openvino-fp32"
 OPENVINO_BF16 = "openvino-bf16"
-RUNTIMES = (OPENVINO_BF16, OPENVINO_FP32, KERAS)
+ONNXRUNTIME_FP32 = "onnxruntime-fp32"
+RUNTIMES = (OPENVINO_BF16, ONNXRUNTIME_FP32, OPENVINO_FP32, KERAS)
+EXPORTED_RUNTIMES = (OPENVINO_FP32, OPENVINO_BF16, ONNXRUNTIME_FP32)
 _OPENVINO_PRECISIONS = {OPENVINO_FP32: "f32", OPENVINO_BF16: "bf16"}
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (a container's CPU set, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# Lanes take parts of at most this many images, as they free up: a lane slowed by other work on its core takes
+# fewer parts instead of holding up the batch. EfficientNetB3 ran as fast at 1-2 images per call as at 8.
+LANE_PART_IMAGES = 2
+
+
+def _lane_parts(images: np.ndarray, lanes: int) -> list[np.ndarray]:
+    parts = max(min(lanes, len(images)), -(-len(images) // LANE_PART_IMAGES))
+    return [np.ascontiguousarray(part, dtype=np.float32) for part in np.array_split(images, parts)]
 
 
 class Predictor(Protocol):
@@ -58,45 +87,122 @@ class OpenVinoPredictor:
     Args:
         xml_path: the IR's `.xml` file (its `.bin` sits beside it).
         runtime: `openvino-fp32` or `openvino-bf16`.
-        threads: CPU threads for inference (None: OpenVINO's default, every core).
+        lanes: parts a batch is split into, run in parallel as OpenVINO streams (None: one per core; 1: the whole
+            batch on every core).
     """
 
-    def __init__(self, xml_path: Path, *, runtime: str = OPENVINO_FP32, threads: int | None = None) -> None:
+    def __init__(self, xml_path: Path, *, runtime: str = OPENVINO_FP32, lanes: int | None = None) -> None:
         import openvino as ov
 
         if runtime not in _OPENVINO_PRECISIONS:
             raise ValueError(f"unknown OpenVINO runtime {runtime!r}; known: {', '.join(_OPENVINO_PRECISIONS)}")
         self.name = runtime
-        core = ov.Core()
+        cores = available_cores()
+        self.lanes = max(1, lanes or cores)
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _OPENVINO_PRECISIONS[runtime],
-            # Serving batches arrive one by one from the adaptive batcher: latency mode runs each on every core.
-            "PERFORMANCE_HINT": "LATENCY",
             # Unpinned threads: in a service, request handling shares the cores, and a pinned OpenVINO thread
             # that gets preempted stalls the whole parallel step (measured 3.5 -> 4.1 images/s, B3 at 300 px).
             "ENABLE_CPU_PINNING": False,
         }
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
+        if self.lanes == 1:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        else:
+            config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.lanes, "INFERENCE_NUM_THREADS": cores}
+        self._compiled = core_compile(ov.Core(), xml_path, config)
         # What the CPU plugin actually runs: a bf16 hint on a CPU without bf16 falls back to f32.
         self.effective_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        # A fresh request per call: the service may run several batches at once from worker threads.
-        request = self._compiled.create_infer_request()
-        result = request.infer([np.ascontiguousarray(images, dtype=np.float32)])
-        return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+        import openvino as ov
+
+        parts = _lane_parts(images, self.lanes)
+        outputs: list[np.ndarray | None] = [None] * len(parts)
+
+        def collect(request: Any, index: int) -> None:
+            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        # A queue per call: the service and the parity check may call from different threads.
+        queue = ov.AsyncInferQueue(self._compiled, min(self.lanes, len(parts)))
+        queue.set_callback(collect)
+        for index, part in enumerate(parts):
+            queue.start_async([part], index)  # waits for a free lane
+        queue.wait_all()
+        return np.concatenate(outputs)  # type: ignore[arg-type]
+
+
+def core_compile(core: Any, xml_path: Path, config: dict[str, Any]) -> Any:
+    """Read and compile an IR for the CPU."""
+    return core.compile_model(core.read_model(str(xml_path)), "CPU", config)
+
+
+class OnnxRuntimePredictor:
+    """An ONNX graph run by ONNX Runtime on the CPU, in fp32.
+
+    Args:
+        onnx_path: the `.onnx` file.
+        lanes: parts a batch is split into, run in parallel (None: one per core; 1: the whole batch on every core).
+    """
+
+    name = ONNXRUNTIME_FP32
+    effective_precision = "f32"
+
+    def __init__(self, onnx_path: Path, *, lanes: int | None = None) -> None:
+        import onnxruntime as ort
+
+        cores = available_cores()
+        self.lanes = max(1, lanes or cores)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, cores // self.lanes)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: its graph optimiser reports every folded constant
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads would take the cores from request decoding between batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime's own errors derive from Exception alone
+            raise RuntimeError(f"ONNX Runtime cannot load {onnx_path}: {error}") from error
+        self._input = self._session.get_inputs()[0].name
+        # ONNX Runtime releases the GIL while it runs, so lanes are plain threads.
+        self._lanes = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="onnxruntime-lane")
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        try:
+            return self._session.run(None, {self._input: chunk})[0]
+        except Exception as error:  # ONNX Runtime's own errors derive from Exception alone
+            raise RuntimeError(f"ONNX Runtime failed on a batch of {len(chunk)}: {error}") from error
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        parts = _lane_parts(images, self.lanes)
+        outputs = [self._run(parts[0])] if len(parts) == 1 else list(self._lanes.map(self._run, parts))
+        return np.asarray(np.concatenate(outputs), dtype=np.float32)
+
+
+def load_predictor(runtime: str, directory: Path, *, keras_model: Any, lanes: int | None = None) -> Predictor:
+    """The predictor of `runtime` for a release unpacked in `directory`.
+
+    Args:
+        runtime: a name from `RUNTIMES`.
+        directory: the release folder (exports sit at `OPENVINO_XML` and `ONNX_FILE` in it).
+        keras_model: the release's Keras model (the `keras` runtime).
+        lanes: parallel parts per batch for the exports (None: one per core).
+    """
+    if runtime == KERAS:
+        return KerasPredictor(keras_model)
+    if runtime == ONNXRUNTIME_FP32:
+        return OnnxRuntimePredictor(directory / ONNX_FILE, lanes=lanes)
+    return OpenVinoPredictor(directory / OPENVINO_XML, runtime=runtime, lanes=lanes)
 
 
 def cpu_supports(runtime: str) -> bool:
     """Whether this machine's CPU runs `runtime` natively (bf16 needs AVX-512 BF16 or AMX)."""
-    if runtime == KERAS:
+    if runtime in (KERAS, ONNXRUNTIME_FP32, OPENVINO_FP32):
         return True
     import openvino as ov
 
     capabilities = set(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    return runtime == OPENVINO_FP32 or (runtime == OPENVINO_BF16 and "BF16" in capabilities)
+    return runtime == OPENVINO_BF16 and "BF16" in capabilities
 
 
 def export_openvino(model: Any, directory: Path) -> Path:
@@ -110,6 +216,59 @@ def export_openvino(model: Any, directory: Path) -> Path:
     xml = directory / "model.xml"
     model.export(str(xml), format="openvino", verbose=False)
     return xml
+
+
+def export_onnx(model: Any, path: Path, *, opset: int = 17) -> Path:
+    """Write the ONNX graph of a Keras classifier (TensorFlow backend) to `path`, with one input, `image`.
+
+    Keras' own ONNX export leaves tensors that layers compute once (the backbone's Normalization mean and
+    variance) as extra graph inputs; they are written into the graph as constants here, so the file runs alone.
+
+    Args:
+        model: a Keras classifier with a (batch, side, side, 3) input.
+        path: the `.onnx` file to write.
+        opset: ONNX opset.
+    """
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # tf2onnx needs Keras' numpy 2 fixes
+
+    from tumor_model.scoring import model_input_size
+
+    side = model_input_size(model)
+    spec = [tf.TensorSpec([None, side, side, 3], tf.float32, name="image")]
+    function = tf.function(lambda image: model(image, training=False), input_signature=spec)
+    concrete = function.get_concrete_function()
+    constants = {
+        placeholder.name: value.numpy()
+        for value, placeholder in zip(concrete.captured_inputs, concrete.graph.internal_captures, strict=True)
+        if placeholder.dtype != tf.resource
+    }
+    patch_tf2onnx()
+    graph, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=opset)
+    for graph_input in list(graph.graph.input):
+        if graph_input.name in constants:
+            graph.graph.initializer.append(onnx.numpy_helper.from_array(constants[graph_input.name], graph_input.name))
+            graph.graph.input.remove(graph_input)
+    if [i.name for i in graph.graph.input] != ["image"]:
+        raise RuntimeError(f"ONNX export has inputs {[i.name for i in graph.graph.input]}, expected only 'image'")
+    onnx.checker.check_model(graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(graph, str(path))
+    return path
+
+
+def write_exports(model: Any, directory: Path) -> dict[str, Path]:
+    """Every export a release carries, written under `directory`: release-relative name -> local file.
+
+    Args:
+        model: the Keras classifier.
+        directory: an empty or missing folder.
+    """
+    xml = export_openvino(model, directory / OPENVINO_DIR)
+    onnx_file = export_onnx(model, directory / ONNX_FILE)
+    return {OPENVINO_XML: xml, OPENVINO_BIN: xml.with_suffix(".bin"), ONNX_FILE: onnx_file}
 
 
 @dataclass(frozen=True)
@@ -207,36 +366,100 @@ def parity_report(
     )
 
 
-def choose_runtime(*, requested: str, parity: dict[str, dict[str, Any]], supported: dict[str, bool]) -> tuple[str, str]:
+def choose_runtime(
+    *,
+    requested: str,
+    parity: dict[str, dict[str, Any]],
+    supported: dict[str, bool],
+    speeds: Mapping[str, float] | None = None,
+) -> tuple[str, str]:
     """The runtime to serve a release with, and why.
 
     Args:
         requested: `auto` (the fastest that passed parity and this CPU runs natively) or a runtime name.
         parity: model.json's `runtimes` entries: runtime name -> `ParityReport.to_dict()`.
         supported: runtime name -> whether this CPU runs it natively (`cpu_supports`).
+        speeds: images/s measured on this machine for eligible runtimes; without them, `auto` goes by the order
+            of `RUNTIMES`.
     """
     if requested != "auto" and requested not in RUNTIMES:
         raise ValueError(f"unknown serving runtime {requested!r}; known: auto, {', '.join(RUNTIMES)}")
 
-    def allowed(runtime: str) -> str | None:
-        """None when `runtime` may serve, else why not."""
-        if runtime == KERAS:
-            return None
-        if runtime not in parity:
-            return "the release carries no such export"
-        if not parity[runtime].get("passed"):
-            return f"it failed parity at release time: {parity[runtime].get('reason')}"
-        if not supported.get(runtime, False):
-            return "this CPU does not run it natively"
-        return None
-
     if requested != "auto":
-        refusal = allowed(requested)
+        refusal = _refusal(requested, parity, supported)
         if refusal is None:
             return requested, "configured"
-        fallback, why = choose_runtime(requested="auto", parity=parity, supported=supported)
+        fallback, why = choose_runtime(requested="auto", parity=parity, supported=supported, speeds=speeds)
         return fallback, f"{requested} refused ({refusal}); {why}"
-    for runtime in RUNTIMES[:-1]:
-        if allowed(runtime) is None:
-            return runtime, "fastest runtime that passed parity and runs natively here"
+    eligible = eligible_runtimes(parity=parity, supported=supported)
+    measured = [r for r in eligible if speeds and r in speeds]
+    if len(measured) > 1:
+        ranking = sorted(measured, key=lambda r: speeds[r], reverse=True)  # type: ignore[index]
+        figures = ", ".join(f"{r} {speeds[r]:.1f} images/s" for r in ranking)  # type: ignore[index]
+        return ranking[0], f"fastest here of the runtimes that passed parity ({figures})"
+    if eligible[0] != KERAS:
+        return eligible[0], "fastest runtime that passed parity and runs natively here"
     return KERAS, "no export passed parity and runs natively here"
+
+
+def _refusal(runtime: str, parity: dict[str, dict[str, Any]], supported: dict[str, bool]) -> str | None:
+    """None when `runtime` may serve, else why not."""
+    if runtime == KERAS:
+        return None
+    if runtime not in parity:
+        return "the release carries no such export"
+    if not parity[runtime].get("passed"):
+        return f"it failed parity at release time: {parity[runtime].get('reason')}"
+    if not supported.get(runtime, False):
+        return "this CPU does not run it natively"
+    return None
+
+
+def eligible_runtimes(*, parity: dict[str, dict[str, Any]], supported: dict[str, bool]) -> list[str]:
+    """Runtimes that may serve a release here, in the order of `RUNTIMES` (Keras always, last)."""
+    return [r for r in RUNTIMES if _refusal(r, parity, supported) is None]
+
+
+def images_per_second(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, *, repeats: int = 2) -> float:
+    """Throughput of `predict` on `images`, after one warm-up call."""
+    predict(images)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        predict(images)
+    elapsed = time.perf_counter() - started
+    return len(images) * repeats / elapsed if elapsed > 0 else float("inf")
+
+
+def time_exports(
+    eligible: list[str],
+    directory: Path,
+    *,
+    image_size: int,
+    batch: int,
+    lanes: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, tuple[Predictor, float]]:
+    """Load every eligible export of a release and time it here on one batch: name -> (predictor, images/s).
+
+    Nothing is timed (an empty answer) when fewer than two exports are eligible: there is nothing to choose.
+
+    Args:
+        eligible: runtimes that may serve (`eligible_runtimes`); Keras is never timed.
+        directory: the release folder.
+        image_size: the model's input side.
+        batch: images per timed call.
+        lanes: parallel parts per batch (None: one per core).
+        log: where an export that will not load here is reported (it is skipped).
+    """
+    exports = [name for name in eligible if name != KERAS]
+    if len(exports) < 2:
+        return {}
+    probe = np.random.default_rng(0).uniform(0, 255, (batch, image_size, image_size, 3)).astype(np.float32)
+    timed: dict[str, tuple[Predictor, float]] = {}
+    for name in exports:
+        try:
+            predictor = load_predictor(name, directory, keras_model=None, lanes=lanes)
+            timed[name] = (predictor, images_per_second(predictor.predict, probe))
+        except (ImportError, OSError, RuntimeError, ValueError) as error:
+            log(f"runtime {name} passed parity but does not run here: {error}")
+    return timed

@@ -172,12 +172,20 @@ def test_gates_compare_candidate_and_champion_on_the_same_images(world: World) -
     card = world.store.get_bytes(release_prefix(world.model_name, v1) + "model_card.md").decode()
     assert f"version {v1}" in card and "| glioma | 0 | 0 | 10 |" in card
     model_json = world.store.get_json(release_prefix(world.model_name, v1) + "model.json")
-    assert set(model_json["files"]) == {"model.keras", "model_card.md", "openvino/model.xml", "openvino/model.bin"}
-    # The OpenVINO export was judged against the Keras model on the same 40 test images at release time.
-    fp32 = model_json["runtimes"]["openvino-fp32"]
-    assert fp32["images"] == 40 and fp32["passed"] and fp32["top1_agreement"] == 1.0
-    assert fp32["max_probability_diff"] <= 1e-4 and fp32["accuracy"] == model_json["runtimes"]["keras"]["accuracy"]
-    assert "Runtime `openvino-fp32` may serve" in card
+    assert set(model_json["files"]) == {
+        "model.keras",
+        "model_card.md",
+        "openvino/model.xml",
+        "openvino/model.bin",
+        "onnx/model.onnx",
+    }
+    # Each export was judged against the Keras model on the same 40 test images at release time.
+    for runtime in ("openvino-fp32", "onnxruntime-fp32"):
+        fp32 = model_json["runtimes"][runtime]
+        assert fp32["images"] == 40 and fp32["passed"] and fp32["top1_agreement"] == 1.0, fp32
+        assert fp32["max_probability_diff"] <= 1e-4
+        assert fp32["accuracy"] == model_json["runtimes"]["keras"]["accuracy"]
+        assert f"Runtime `{runtime}` may serve" in card
     assert model_json["evaluation"]["n"] == 40 and model_json["approval"]["by"] == "policy:auto"
 
     v2 = world.register(seed=2)

@@ -11,7 +11,15 @@ import pytest
 from serving.guard import RequestGuard
 from serving.uploads import ImageUpload, UploadRejected, checked_upload
 from tests.images import dicom_bytes, jpeg_bytes, png_bytes
-from tumor_model.runtimes import KERAS, OPENVINO_BF16, OPENVINO_FP32, choose_runtime, parity_report
+from tumor_model.runtimes import (
+    KERAS,
+    ONNXRUNTIME_FP32,
+    OPENVINO_BF16,
+    OPENVINO_FP32,
+    choose_runtime,
+    eligible_runtimes,
+    parity_report,
+)
 
 
 def _probabilities(rows: int, seed: int = 0) -> np.ndarray:
@@ -101,6 +109,33 @@ def test_runtime_choice(requested: str, parity: dict, supported: dict, expected:
     assert chosen == expected, reason
     if requested not in ("auto", expected):
         assert "refused" in reason
+
+
+def test_auto_takes_the_fastest_runtime_measured_here() -> None:
+    parity = {OPENVINO_FP32: PASSED, ONNXRUNTIME_FP32: PASSED, OPENVINO_BF16: FAILED}
+    supported = {OPENVINO_FP32: True, ONNXRUNTIME_FP32: True, OPENVINO_BF16: True}
+    assert eligible_runtimes(parity=parity, supported=supported) == [ONNXRUNTIME_FP32, OPENVINO_FP32, KERAS]
+    chosen, reason = choose_runtime(
+        requested="auto", parity=parity, supported=supported, speeds={ONNXRUNTIME_FP32: 4.0, OPENVINO_FP32: 6.5}
+    )
+    assert chosen == OPENVINO_FP32 and "openvino-fp32 6.5 images/s, onnxruntime-fp32 4.0 images/s" in reason
+    chosen, _ = choose_runtime(
+        requested="auto", parity=parity, supported=supported, speeds={ONNXRUNTIME_FP32: 8.0, OPENVINO_FP32: 6.5}
+    )
+    assert chosen == ONNXRUNTIME_FP32
+    # A speed measured for a runtime that may not serve (failed parity) never wins.
+    chosen, _ = choose_runtime(
+        requested="auto",
+        parity=parity,
+        supported=supported,
+        speeds={ONNXRUNTIME_FP32: 8.0, OPENVINO_FP32: 6.5, OPENVINO_BF16: 50.0},
+    )
+    assert chosen == ONNXRUNTIME_FP32
+    # A configured runtime is taken as configured, whatever the speeds.
+    chosen, reason = choose_runtime(
+        requested=OPENVINO_FP32, parity=parity, supported=supported, speeds={ONNXRUNTIME_FP32: 8.0}
+    )
+    assert (chosen, reason) == (OPENVINO_FP32, "configured")
 
 
 def test_unknown_runtime_is_an_error() -> None:
