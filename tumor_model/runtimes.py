@@ -16,6 +16,7 @@ at every layer.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -112,23 +113,22 @@ class OpenVinoPredictor:
         self._compiled = core_compile(ov.Core(), xml_path, config)
         # What the CPU plugin actually runs: a bf16 hint on a CPU without bf16 falls back to f32.
         self.effective_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self._requests = threading.local()
+        self._lanes = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix="openvino-lane")
+
+    def _run(self, part: np.ndarray) -> np.ndarray:
+        # One infer request per lane thread; `infer` releases the GIL, so lanes run in parallel. (An
+        # AsyncInferQueue with a Python callback deadlocked now and then: the callback needs the GIL.)
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        request.infer([part])
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        import openvino as ov
-
         parts = _lane_parts(images, self.lanes)
-        outputs: list[np.ndarray | None] = [None] * len(parts)
-
-        def collect(request: Any, index: int) -> None:
-            outputs[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
-
-        # A queue per call: the service and the parity check may call from different threads.
-        queue = ov.AsyncInferQueue(self._compiled, min(self.lanes, len(parts)))
-        queue.set_callback(collect)
-        for index, part in enumerate(parts):
-            queue.start_async([part], index)  # waits for a free lane
-        queue.wait_all()
-        return np.concatenate(outputs)  # type: ignore[arg-type]
+        outputs = [self._run(parts[0])] if len(parts) == 1 else list(self._lanes.map(self._run, parts))
+        return np.concatenate(outputs)
 
 
 def core_compile(core: Any, xml_path: Path, config: dict[str, Any]) -> Any:
