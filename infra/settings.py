@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         description="auto (fastest here that passed parity) | keras | onnxruntime-fp32 | openvino-fp32 | openvino-bf16",
     )
     serving_lanes: int | None = Field(
-        default=None, description="parts each batch is split into, run in parallel (default: one per core)"
+        default=None, description="workers that run a batch's parts in parallel (default: one per core)"
     )
     serving_token: SecretStr | None = Field(
         default=None, description="bearer token required on every API call when set (admin reload: always)"

@@ -92,7 +92,7 @@ def load_release(
         cache_dir: where releases are kept locally (one folder per version).
         runtime: `auto` (the fastest here of the runtimes that passed parity, timed on this machine) or a runtime
             name (see `tumor_model.runtimes.RUNTIMES`).
-        lanes: parallel parts each batch is split into (None: one per core).
+        lanes: parallel workers per batch (None: one per core).
 
     Raises:
         ReleaseVerificationError: a file does not match its sha256.

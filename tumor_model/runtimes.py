@@ -88,8 +88,8 @@ class OpenVinoPredictor:
     Args:
         xml_path: the IR's `.xml` file (its `.bin` sits beside it).
         runtime: `openvino-fp32` or `openvino-bf16`.
-        lanes: parts a batch is split into, run in parallel as OpenVINO streams (None: one per core; 1: the whole
-            batch on every core).
+        lanes: workers that run a batch's parts in parallel, one OpenVINO stream each (None: one per core; 1: one
+            worker using every core).
     """
 
     def __init__(self, xml_path: Path, *, runtime: str = OPENVINO_FP32, lanes: int | None = None) -> None:
@@ -141,7 +141,8 @@ class OnnxRuntimePredictor:
 
     Args:
         onnx_path: the `.onnx` file.
-        lanes: parts a batch is split into, run in parallel (None: one per core; 1: the whole batch on every core).
+        lanes: single-threaded workers that run a batch's parts in parallel (None: one per core; 1: one worker
+            using every core).
     """
 
     name = ONNXRUNTIME_FP32
@@ -186,7 +187,7 @@ def load_predictor(runtime: str, directory: Path, *, keras_model: Any, lanes: in
         runtime: a name from `RUNTIMES`.
         directory: the release folder (exports sit at `OPENVINO_XML` and `ONNX_FILE` in it).
         keras_model: the release's Keras model (the `keras` runtime).
-        lanes: parallel parts per batch for the exports (None: one per core).
+        lanes: parallel workers per batch for the exports (None: one per core).
     """
     if runtime == KERAS:
         return KerasPredictor(keras_model)
@@ -448,7 +449,7 @@ def time_exports(
         directory: the release folder.
         image_size: the model's input side.
         batch: images per timed call.
-        lanes: parallel parts per batch (None: one per core).
+        lanes: parallel workers per batch (None: one per core).
         log: where an export that will not load here is reported (it is skipped).
     """
     exports = [name for name in eligible if name != KERAS]
