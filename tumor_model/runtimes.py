@@ -82,7 +82,22 @@ class KerasPredictor:
         return np.asarray(outputs.numpy() if hasattr(outputs, "numpy") else outputs, dtype=np.float32)
 
 
-class OpenVinoPredictor:
+class _LanePredictor:
+    """Runs a batch's parts (`_lane_parts`) on `self._lanes`, a pool of `self.lanes` workers, through `_run`."""
+
+    lanes: int
+    _lanes: ThreadPoolExecutor
+
+    def _run(self, part: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        parts = _lane_parts(images, self.lanes)
+        outputs = [self._run(parts[0])] if len(parts) == 1 else list(self._lanes.map(self._run, parts))
+        return np.asarray(np.concatenate(outputs), dtype=np.float32)
+
+
+class OpenVinoPredictor(_LanePredictor):
     """An OpenVINO IR compiled for the CPU at a given inference precision.
 
     Args:
@@ -110,7 +125,8 @@ class OpenVinoPredictor:
             config["PERFORMANCE_HINT"] = "LATENCY"
         else:
             config |= {"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": self.lanes, "INFERENCE_NUM_THREADS": cores}
-        self._compiled = core_compile(ov.Core(), xml_path, config)
+        core = ov.Core()
+        self._compiled = core.compile_model(core.read_model(str(xml_path)), "CPU", config)
         # What the CPU plugin actually runs: a bf16 hint on a CPU without bf16 falls back to f32.
         self.effective_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self._requests = threading.local()
@@ -125,18 +141,8 @@ class OpenVinoPredictor:
         request.infer([part])
         return np.array(request.get_output_tensor(0).data, dtype=np.float32)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        parts = _lane_parts(images, self.lanes)
-        outputs = [self._run(parts[0])] if len(parts) == 1 else list(self._lanes.map(self._run, parts))
-        return np.concatenate(outputs)
 
-
-def core_compile(core: Any, xml_path: Path, config: dict[str, Any]) -> Any:
-    """Read and compile an IR for the CPU."""
-    return core.compile_model(core.read_model(str(xml_path)), "CPU", config)
-
-
-class OnnxRuntimePredictor:
+class OnnxRuntimePredictor(_LanePredictor):
     """An ONNX graph run by ONNX Runtime on the CPU, in fp32.
 
     Args:
@@ -173,11 +179,6 @@ class OnnxRuntimePredictor:
             return self._session.run(None, {self._input: chunk})[0]
         except Exception as error:  # ONNX Runtime's own errors derive from Exception alone
             raise RuntimeError(f"ONNX Runtime failed on a batch of {len(chunk)}: {error}") from error
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        parts = _lane_parts(images, self.lanes)
-        outputs = [self._run(parts[0])] if len(parts) == 1 else list(self._lanes.map(self._run, parts))
-        return np.asarray(np.concatenate(outputs), dtype=np.float32)
 
 
 def load_predictor(runtime: str, directory: Path, *, keras_model: Any, lanes: int | None = None) -> Predictor:
